@@ -1,0 +1,1 @@
+"""TruthGuard's validation engine."""

@@ -1,0 +1,220 @@
+"""The pipeline service: ingest, retrieve and answer for one tenant at a time.
+
+It holds no adapter of its own: stores, indexes, embedders and providers are passed in by
+`rag.bootstrap`, so tests can wire fakes and production wires LanceDB and BM25.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rag.chunking import chunk_document, document_hash, indexable_text
+from rag.conversation import retrieval_query
+from rag.domain import (
+    Answer,
+    ChatMessage,
+    Chunk,
+    Document,
+    FusionMethod,
+    RetrievalMode,
+    RetrievalResult,
+    ScoredChunk,
+)
+from rag.errors import InputError
+from rag.fusion import rank, reciprocal_rank_fusion, weighted_score_fusion
+from rag.ports import Embedder, LexicalIndex, LLMProvider, VectorStore
+from rag.tenancy import validate_tenant_id
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How a tenant retrieves. `candidates` is each arm's depth before fusion."""
+
+    mode: RetrievalMode = "hybrid"
+    k: int = 5
+    fusion: FusionMethod = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    candidates: int = 100
+    history_turns: int = 2
+
+
+@dataclass(frozen=True)
+class TenantRuntime:
+    """Everything one tenant answers with: its embedder, provider and settings."""
+
+    embedder: Embedder
+    provider: LLMProvider
+    retrieval: RetrievalSettings = RetrievalSettings()
+    chunk_chars: int = 1500
+    max_answer_tokens: int | None = 512
+    max_context_chunks: int = 8
+
+
+@dataclass
+class IngestReport:
+    tenant: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    chunks: int = 0
+
+
+ProgressCallback = Callable[[int, int], None]  # (documents done, documents total)
+
+
+class RagPipeline:
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantRuntime],
+        vectors: VectorStore,
+        lexical: LexicalIndex,
+        embed_batch: int = 64,
+    ) -> None:
+        for tenant in tenants:
+            validate_tenant_id(tenant)
+        self._tenants = dict(tenants)
+        self.vectors = vectors
+        self.lexical = lexical
+        self._embed_batch = embed_batch
+
+    @property
+    def tenants(self) -> list[str]:
+        return sorted(self._tenants)
+
+    def runtime(self, tenant: str) -> TenantRuntime:
+        validate_tenant_id(tenant)
+        try:
+            return self._tenants[tenant]
+        except KeyError:
+            raise InputError(
+                f"unknown tenant {tenant!r}; configured tenants: {', '.join(self.tenants)}"
+            ) from None
+
+    async def ingest(
+        self,
+        tenant: str,
+        documents: Iterable[Document],
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        """Idempotent upsert: new and changed documents are (re)indexed, unchanged ones skipped."""
+        runtime = self.runtime(tenant)
+        docs = _unique(documents)
+        stored = await self.vectors.document_hashes(tenant)
+        report = IngestReport(tenant)
+        todo: list[Document] = []
+        for doc in docs:
+            if stored.get(doc.doc_id) == document_hash(doc):
+                report.unchanged.append(doc.doc_id)
+            else:
+                (report.updated if doc.doc_id in stored else report.added).append(doc.doc_id)
+                todo.append(doc)
+        done = len(report.unchanged)
+        if progress:
+            progress(done, len(docs))
+        batch: list[Chunk] = []
+        for doc in todo:
+            batch.extend(chunk_document(doc, runtime.chunk_chars))
+            done += 1
+            if len(batch) >= self._embed_batch:
+                await self._index(tenant, runtime.embedder, batch)
+                report.chunks += len(batch)
+                batch = []
+                if progress:
+                    progress(done, len(docs))
+        if batch:
+            await self._index(tenant, runtime.embedder, batch)
+            report.chunks += len(batch)
+        if todo:
+            await self.vectors.optimize(tenant)
+        if progress:
+            progress(len(docs), len(docs))
+        return report
+
+    async def _index(self, tenant: str, embedder: Embedder, chunks: list[Chunk]) -> None:
+        # A document's chunks always travel in one batch, so "replace the document's chunks"
+        # in each store never leaves a half-indexed document behind.
+        vectors = await embedder.embed([indexable_text(c) for c in chunks], kind="passage")
+        await self.vectors.upsert(tenant, chunks, vectors)
+        await self.lexical.upsert(tenant, chunks)
+
+    async def retrieve(
+        self,
+        tenant: str,
+        query: str | Sequence[ChatMessage],
+        settings: RetrievalSettings | None = None,
+        **overrides: Any,
+    ) -> RetrievalResult:
+        """Retrieve for a question or for the latest turn of a conversation."""
+        runtime = self.runtime(tenant)
+        settings = replace(settings or runtime.retrieval, **overrides)
+        if settings.k < 1:
+            raise InputError(f"k must be at least 1, got {settings.k}")
+        text = query if isinstance(query, str) else retrieval_query(query, settings.history_turns)
+        started = time.perf_counter()
+        depth = max(settings.k, settings.candidates) if settings.mode == "hybrid" else settings.k
+        arms: dict[str, list[ScoredChunk]] = {}
+        if settings.mode in ("dense", "hybrid"):
+            vector = await runtime.embedder.embed([text], kind="query")
+            dense_task = self.vectors.search(tenant, vector[0], depth)
+        if settings.mode in ("lexical", "hybrid"):
+            lexical_task = self.lexical.search(tenant, text, depth)
+        if settings.mode == "hybrid":
+            arms["dense"], arms["lexical"] = await asyncio.gather(dense_task, lexical_task)
+            if settings.fusion == "rrf":
+                hits = reciprocal_rank_fusion(arms, settings.k, settings.rrf_k)
+            else:
+                weights = {"dense": settings.dense_weight, "lexical": 1 - settings.dense_weight}
+                hits = weighted_score_fusion(arms, settings.k, weights)
+        elif settings.mode == "dense":
+            arms["dense"] = rank(await dense_task)
+            hits = arms["dense"][: settings.k]
+        elif settings.mode == "lexical":
+            arms["lexical"] = rank(await lexical_task)
+            hits = arms["lexical"][: settings.k]
+        else:
+            raise InputError(f"unknown retrieval mode {settings.mode!r}")
+        latency = (time.perf_counter() - started) * 1000
+        return RetrievalResult(hits=hits, arms=arms, query=text, latency_ms=latency)
+
+    async def answer(
+        self,
+        tenant: str,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: RetrievalSettings | None = None,
+        **overrides: Any,
+    ) -> Answer:
+        """Retrieve for the latest turn, then let the tenant's provider answer from the hits."""
+        runtime = self.runtime(tenant)
+        started = time.perf_counter()
+        retrieval = await self.retrieve(tenant, messages, settings, **overrides)
+        generation = await runtime.provider.chat(
+            messages,
+            contexts=retrieval.hits[: runtime.max_context_chunks],
+            tools=tools,
+            max_tokens=runtime.max_answer_tokens,
+        )
+        return Answer(
+            text=generation.text,
+            retrieval=retrieval,
+            tool_calls=generation.tool_calls,
+            cited_chunk_ids=generation.cited_chunk_ids,
+            abstained=generation.abstained,
+            usage=generation.usage,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            model=generation.model,
+        )
+
+
+def _unique(documents: Iterable[Document]) -> list[Document]:
+    docs: dict[str, Document] = {}
+    for doc in documents:
+        if doc.doc_id in docs:
+            raise InputError(f"duplicate document id {doc.doc_id!r}", location=doc.source or None)
+        docs[doc.doc_id] = doc
+    return list(docs.values())
