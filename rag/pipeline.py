@@ -101,46 +101,48 @@ class RagPipeline:
         documents: Iterable[Document],
         progress: ProgressCallback | None = None,
     ) -> IngestReport:
-        """Idempotent upsert: new and changed documents are (re)indexed, unchanged ones skipped."""
+        """Idempotent upsert: new and changed documents are (re)indexed, unchanged ones skipped.
+
+        A document counts as unchanged only if both stores hold it with the same content hash,
+        so an ingestion killed half-way is completed by running it again.
+        """
         runtime = self.runtime(tenant)
         docs = _unique(documents)
-        stored = await self.vectors.document_hashes(tenant)
+        dense_hashes, lexical_hashes = await asyncio.gather(
+            self.vectors.document_hashes(tenant), self.lexical.document_hashes(tenant)
+        )
         report = IngestReport(tenant)
         todo: list[Document] = []
         for doc in docs:
-            if stored.get(doc.doc_id) == document_hash(doc):
+            digest = document_hash(doc)
+            if dense_hashes.get(doc.doc_id) == digest == lexical_hashes.get(doc.doc_id):
                 report.unchanged.append(doc.doc_id)
             else:
-                (report.updated if doc.doc_id in stored else report.added).append(doc.doc_id)
+                known = doc.doc_id in dense_hashes or doc.doc_id in lexical_hashes
+                (report.updated if known else report.added).append(doc.doc_id)
                 todo.append(doc)
         done = len(report.unchanged)
         if progress:
             progress(done, len(docs))
+        chunks: list[Chunk] = []
         batch: list[Chunk] = []
-        for doc in todo:
+        for position, doc in enumerate(todo, start=1):
             batch.extend(chunk_document(doc, runtime.chunk_chars))
-            done += 1
-            if len(batch) >= self._embed_batch:
-                await self._index(tenant, runtime.embedder, batch)
-                report.chunks += len(batch)
+            if len(batch) >= self._embed_batch or position == len(todo):
+                # A document's chunks always travel in one batch: the store replaces a
+                # document's chunks at once, never leaving half a document behind.
+                vectors = await runtime.embedder.embed([indexable_text(c) for c in batch])
+                await self.vectors.upsert(tenant, batch, vectors)
+                chunks.extend(batch)
                 batch = []
                 if progress:
-                    progress(done, len(docs))
-        if batch:
-            await self._index(tenant, runtime.embedder, batch)
-            report.chunks += len(batch)
-        if todo:
+                    progress(done + position, len(docs))
+        if chunks:
+            # The lexical index is rebuilt per write, so it gets one write for the whole run.
+            await self.lexical.upsert(tenant, chunks)
             await self.vectors.optimize(tenant)
-        if progress:
-            progress(len(docs), len(docs))
+        report.chunks = len(chunks)
         return report
-
-    async def _index(self, tenant: str, embedder: Embedder, chunks: list[Chunk]) -> None:
-        # A document's chunks always travel in one batch, so "replace the document's chunks"
-        # in each store never leaves a half-indexed document behind.
-        vectors = await embedder.embed([indexable_text(c) for c in chunks], kind="passage")
-        await self.vectors.upsert(tenant, chunks, vectors)
-        await self.lexical.upsert(tenant, chunks)
 
     async def retrieve(
         self,

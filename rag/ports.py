@@ -52,6 +52,9 @@ class LexicalIndex(Protocol):
 
     async def delete_documents(self, tenant: str, doc_ids: Sequence[str]) -> None: ...
 
+    async def document_hashes(self, tenant: str) -> dict[str, str]:
+        """Map of indexed doc_id to the content hash it was indexed with."""
+
     async def search(self, tenant: str, query: str, k: int) -> list[ScoredChunk]: ...
 
 

@@ -65,12 +65,11 @@ class LanceDBVectorStore:
         db = await self._connect()
         async with self._lock:
             if name not in self._tables:
-                existing = set(await db.table_names())
-                if name in existing:
+                try:
                     self._tables[name] = await db.open_table(name)
-                elif dimension is None:
-                    return None
-                else:
+                except ValueError:  # LanceDB's "Table ... was not found"
+                    if dimension is None:
+                        return None
                     self._tables[name] = await db.create_table(
                         name, schema=_schema(dimension), exist_ok=True
                     )

@@ -31,6 +31,7 @@ _SCHEMA = pa.schema(
     [
         ("chunk_id", pa.string()),
         ("doc_id", pa.string()),
+        ("doc_hash", pa.string()),
         ("title", pa.string()),
         ("text", pa.string()),
         ("tokens", pa.list_(pa.string())),
@@ -132,6 +133,7 @@ class _PersistentBM25:
                     {
                         "chunk_id": c.chunk_id,
                         "doc_id": c.doc_id,
+                        "doc_hash": c.doc_hash,
                         "title": c.title,
                         "text": c.text,
                         "tokens": tokenize(indexable_text(c)),
@@ -149,6 +151,12 @@ class _PersistentBM25:
             kept = self._without(current.table, set(doc_ids))
             if kept.num_rows != current.table.num_rows:
                 await asyncio.to_thread(self._write, tenant, kept)
+
+    async def document_hashes(self, tenant: str) -> dict[str, str]:
+        table = (await asyncio.to_thread(self._load, tenant)).table
+        return dict(
+            zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist(), strict=True)
+        )
 
     def search_sync(self, tenant: str, query: str, k: int) -> list[ScoredChunk]:
         index = self._load(tenant)
