@@ -79,7 +79,7 @@ class ExpectedToolCall:
     arguments: dict[str, list[Any]] = field(default_factory=dict)
 
     def is_optional(self, param: str) -> bool:
-        """True when `param` may be omitted from the call."""
+        """True when `param` may be left out (a parameter not listed must be left out)."""
         return "" in self.arguments.get(param, [""])
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,15 +126,13 @@ class GoldenCase:
             "conversation": None if self.conversation is None else list(self.conversation),
             "reference_answer": self.reference_answer,
             "answers": list(self.answers),
-            "is_impossible": self.is_impossible,
+            "is_impossible": self.is_impossible or None,
             "relevant_doc_ids": self.relevant_doc_ids,
             "reference_contexts": list(self.reference_contexts),
             "tools": list(self.tools),
             "tags": list(self.tags),
         }
         out.update({key: value for key, value in optional.items() if value not in (None, [], {})})
-        if not self.is_impossible:
-            del out["is_impossible"]
         if self.expected_tool_calls is not None:
             out["expected_tool_calls"] = [call.to_dict() for call in self.expected_tool_calls]
         return out
@@ -184,10 +182,15 @@ class _Problems:
 
 
 def _field_location(where: str, loc: Sequence[int | str]) -> str:
-    path = ""
+    path, suffix = "", ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) or part == "[key]" else f".{part}"
-    return f"{where}: field '{path.lstrip('.')}'" if path else where
+        if part == "[key]":
+            suffix = " (the key)"  # pydantic's marker for a bad dict key
+        elif isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if part.isidentifier() else f"[{json.dumps(part)}]"
+    return f"{where}: field '{path.lstrip('.')}'{suffix}" if path else where
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -282,20 +285,15 @@ def load_tools(path: str | Path) -> tuple[dict[str, Any], ...]:
         for name, message in _tool_problems(tool):
             problems.add(f"{path}: field '[{index}].{name}'", message)
         tools.append(tool)
-    _check_unique_tool_names(tools, f"{path}", problems)
+    for name in _duplicate_names(tools):
+        problems.add(str(path), f"two tools are named '{name}'")
     problems.raise_if_any()
     return tuple(tools)
 
 
-def _check_unique_tool_names(
-    tools: Sequence[Mapping[str, Any]], where: str, problems: _Problems
-) -> None:
-    seen: set[str] = set()
-    for tool in tools:
-        name = tool.get("name")
-        if isinstance(name, str) and name in seen:
-            problems.add(f"{where}: field 'tools'", f"two tools are named '{name}'")
-        seen.add(str(name))
+def _duplicate_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:
+    names = [str(tool.get("name")) for tool in tools]
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 # --------------------------------------------------------------------------- row validation
@@ -339,9 +337,11 @@ class _CaseRow(BaseModel):
     @field_validator("relevant_doc_ids", mode="before")
     @classmethod
     def _list_means_grade_one(cls, value: object) -> object:
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return dict.fromkeys(value, 1)
-        return value
+        if not isinstance(value, list):
+            return value
+        if not all(isinstance(item, str) and item for item in value):
+            raise ValueError("a list of relevant document ids must hold non-empty strings")
+        return dict.fromkeys(value, 1)
 
 
 def _pydantic_problems(where: str, exc: ValidationError) -> list[tuple[str, str]]:
@@ -374,6 +374,8 @@ def _case_problems(
         found.append((f"{at} 'question'", "a case needs 'question' or 'conversation'"))
     elif row.question is not None and row.conversation is not None:
         found.append((f"{at} 'conversation'", "give 'question' or 'conversation', not both"))
+    elif row.question is not None and not row.question.strip():
+        found.append((f"{at} 'question'", "the question is blank"))
     elif row.conversation is not None and row.conversation[-1].role != "user":
         found.append((f"{at} 'conversation'", "the last turn must be the user's question"))
     if row.is_impossible and row.answers:
@@ -417,6 +419,9 @@ def _own_tools(
         (f"{where}: field 'tools[{index}].{name}'", message)
         for index, tool in enumerate(tools)
         for name, message in _tool_problems(tool)
+    ]
+    found += [
+        (f"{where}: field 'tools'", f"two tools are named '{n}'") for n in _duplicate_names(tools)
     ]
     return tools, found
 

@@ -268,7 +268,8 @@ def bfcl_cases(
             break
     notes = []
     if dropped:
-        notes.append(f"dropped optional ground-truth parameters not in the schema: {dropped}")
+        joined = ", ".join(dropped)
+        notes.append(f"dropped optional ground-truth parameters not in the schema: {joined}")
     return ImportResult(tuple(cases), 0, tuple(notes))
 
 
@@ -376,24 +377,46 @@ def import_dataset(
             f"{kind} needs sources {required} (optional {optional}); "
             f"missing {missing}, unknown {unknown}"
         )
-    paths = {key: Path(value) for key, value in sources.items()}
-    if kind == "beir":
-        result = beir_cases(
-            paths["queries"],
-            paths["qrels"],
-            tenant=tenant,
-            corpus_path=paths.get("corpus"),
-            limit=limit,
-        )
-    elif kind == "squad":
-        corpus = paths.get("corpus")
-        result = squad_cases(paths["qa"], tenant=tenant, corpus_path=corpus, limit=limit)
-    else:
-        result = bfcl_cases(paths["questions"], paths.get("answers"), tenant=tenant, limit=limit)
+    result = _import(kind, {key: Path(value) for key, value in sources.items()}, tenant, limit)
     if not result.cases:
         raise InputError("nothing to import: no case was built from the sources")
-    save_jsonl(result.cases, out_path)
+    try:
+        save_jsonl(result.cases, out_path)
+    except OSError as exc:
+        raise InputError(f"cannot write: {exc.strerror}", location=str(out_path)) from exc
     return result
+
+
+def _import(kind: str, paths: Mapping[str, Path], tenant: str, limit: int | None) -> ImportResult:
+    if kind == "beir":
+        corpus = paths.get("corpus")
+        return beir_cases(
+            paths["queries"], paths["qrels"], tenant=tenant, corpus_path=corpus, limit=limit
+        )
+    if kind == "squad":
+        corpus = paths.get("corpus")
+        return squad_cases(paths["qa"], tenant=tenant, corpus_path=corpus, limit=limit)
+    return bfcl_cases(paths["questions"], paths.get("answers"), tenant=tenant, limit=limit)
+
+
+_EPILOG = r"""examples:
+  python -m guard.importers beir --queries scifact/queries.jsonl \
+      --qrels scifact/qrels/test.tsv --corpus scifact/corpus.jsonl \
+      --out datasets/scifact/golden.jsonl --tenant scifact
+  python -m guard.importers squad --qa squad2/qa.jsonl --out squad.jsonl --tenant squad
+  python -m guard.importers bfcl --questions bfcl/BFCL_v4_irrelevance.json \
+      --out bfcl-irrelevance.jsonl --tenant bfcl
+
+BEIR queries without judgments are skipped; SQuAD unanswerable questions become
+is_impossible cases; BFCL categories without an answer file (irrelevance) expect no call.
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -402,45 +425,34 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a public benchmark into a TruthGuard golden dataset (JSON Lines). "
         "Every case is validated before anything is written; bad input exits with status 2 "
         "and names the file, line and field.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     beir = kinds.add_parser("beir", help="BEIR queries + qrels (retrieval judgments)")
     beir.add_argument("--queries", required=True, type=Path, help="queries.jsonl (_id, text)")
-    beir.add_argument(
-        "--qrels",
-        required=True,
-        type=Path,
-        help="judgments: TSV with header 'query-id corpus-id score', or TREC qrels",
-    )
+    qrels_help = "judgments: TSV with header 'query-id corpus-id score', or TREC qrels"
+    beir.add_argument("--qrels", required=True, type=Path, help=qrels_help)
     beir.add_argument("--corpus", type=Path, help="corpus.jsonl, to check judged documents exist")
     squad = kinds.add_parser("squad", help="SQuAD 2.0 qa.jsonl (answerable and unanswerable)")
-    squad.add_argument(
-        "--qa",
-        required=True,
-        type=Path,
-        help="qa.jsonl: id, question, answers[], is_impossible, context id",
-    )
+    qa_help = "qa.jsonl: id, question, answers[], is_impossible, reference_context_id"
+    squad.add_argument("--qa", required=True, type=Path, help=qa_help)
     squad.add_argument("--corpus", type=Path, help="corpus.jsonl, for paragraphs not in qa.jsonl")
     bfcl = kinds.add_parser("bfcl", help="BFCL function-calling questions + possible answers")
     bfcl.add_argument("--questions", required=True, type=Path, help="BFCL_v4_<category>.json")
-    bfcl.add_argument(
-        "--answers", type=Path, help="ground truth (default: possible_answer/<same name>)"
-    )
+    answers_help = "ground truth (default: possible_answer/<same name>)"
+    bfcl.add_argument("--answers", type=Path, help=answers_help)
     for sub in (beir, squad, bfcl):
         sub.add_argument("--out", required=True, type=Path, help="golden .jsonl file to write")
         sub.add_argument("--tenant", required=True, help="tenant id the cases belong to")
-        sub.add_argument("--limit", type=int, help="import at most this many cases")
+        sub.add_argument("--limit", type=_positive, help="import at most this many cases")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
     args = _parser().parse_args(argv)
-    roles = {
-        "beir": ("queries", "qrels", "corpus"),
-        "squad": ("qa", "corpus"),
-        "bfcl": ("questions", "answers"),
-    }[args.kind]
+    roles = [role for keys in SOURCE_KEYS[args.kind] for role in keys]
     sources = {role: getattr(args, role) for role in roles if getattr(args, role) is not None}
     try:
         result = import_dataset(args.kind, sources, args.out, tenant=args.tenant, limit=args.limit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -155,6 +155,11 @@ def parse_config(text: str, source: str, base_dir: Path) -> RagConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"invalid TOML: {exc}", location=source) from None
+    return config_from_dict(raw, source, base_dir)
+
+
+def config_from_dict(raw: dict[str, Any], source: str, base_dir: Path) -> RagConfig:
+    """Validate an already parsed configuration (say, a table inside an experiment spec)."""
     try:
         return RagConfig.model_validate({**raw, "source": source, "base_dir": str(base_dir)})
     except ValidationError as exc:

@@ -23,8 +23,8 @@ from typing import Any
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from ragas.dataset_schema import SingleTurnSample  # noqa: E402
-from ragas.metrics.collections import (  # noqa: E402
+from ragas.dataset_schema import SingleTurnSample
+from ragas.metrics.collections import (
     BleuScore,
     CHRFScore,
     ExactMatch,
@@ -35,7 +35,7 @@ from ragas.metrics.collections import (  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from ragas.metrics import (  # noqa: E402
+    from ragas.metrics import (
         NonLLMContextPrecisionWithReference,
         NonLLMContextRecall,
     )
@@ -72,7 +72,8 @@ def _finite(value: object) -> float | None:
     if value is None:
         return None
     number = float(value)  # type: ignore[arg-type]
-    return number if math.isfinite(number) else None
+    # Every metric here is defined in [0, 1]; sacrebleu's /100 can land at 1.0000000000000004.
+    return min(1.0, max(0.0, number)) if math.isfinite(number) else None
 
 
 async def nonllm_scores(
@@ -100,8 +101,9 @@ async def nonllm_scores(
       retrieved context is > 0.5). ``None`` when ``reference_contexts`` is None or empty or
       ``retrieved_contexts`` is None; 0.0 when nothing was retrieved (ragas itself would fail).
 
-    A NaN from ragas becomes ``None``. The metrics are CPU-bound and run on the calling event
-    loop; for long texts call this from a worker thread.
+    A NaN from ragas becomes ``None``; float rounding outside [0, 1] is clipped. The metrics
+    are CPU-bound and run on the calling event loop; for long texts call this from a worker
+    thread.
     """
     scores: dict[str, float | None] = dict.fromkeys(ANSWER_METRICS + CONTEXT_METRICS)
     if response is not None and reference is not None and reference.strip():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,6 +98,34 @@ def mean_ci(
     return MeanCI(mean, low, high, len(kept), missing, confidence)
 
 
+def sign_flip_p_value(diffs: Sequence[float], *, n_resamples: int = 9999, seed: int = 0) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test for a mean difference of 0.
+
+    Under the null each difference is as likely to carry either sign; the p-value is the share
+    of sign patterns whose |sum| is at least the observed |sum| (with a 1e-9 relative slack for
+    float rounding). Exact, over all 2**n patterns, when 2**n <= ``n_resamples``; otherwise
+    ``n_resamples`` random patterns from ``seed``, counted as (extreme + 1) / (n_resamples + 1)
+    so that it is never 0. No difference, one difference or all zero differences give 1.0.
+    """
+    sample = np.asarray(diffs, dtype=np.float64)
+    n = len(sample)
+    if n < 2 or not np.any(sample):
+        return 1.0
+    total = float(sample.sum())
+    threshold = abs(total) * (1 - 1e-9)
+    # A pattern is a 0/1 matrix row marking the flipped differences: its sum is total - 2 * flipped.
+    if 2**n <= n_resamples:
+        flips = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+        return float(np.mean(np.abs(total - 2 * (flips @ sample)) >= threshold))
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, n_resamples, 1000):  # batches keep memory at 1000 x n
+        size = (min(1000, n_resamples - start), n)
+        flips = rng.integers(0, 2, size=size, dtype=np.int8).astype(np.float64)
+        extreme += int(np.count_nonzero(np.abs(total - 2 * (flips @ sample)) >= threshold))
+    return (extreme + 1) / (n_resamples + 1)
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """Candidate vs baseline on the cases scored in both; differences are candidate - baseline.
@@ -129,18 +157,17 @@ def paired_comparison(
 ) -> PairedComparison:
     """Decide whether the candidate regressed against the baseline on the same cases.
 
-    Test: a paired sign-flip permutation test on the per-case differences
-    (``scipy.stats.permutation_test`` with one sample and ``permutation_type="samples"``; exact
-    when 2**n <= ``n_resamples``, otherwise ``n_resamples`` random sign patterns from ``seed``).
-    Why this test: it tests the very statistic the gate reports, the mean difference; it assumes
-    no normality; and it stays valid with the many zero and tied differences that 0/1 metrics
-    (hit@k, exact match) produce, where Wilcoxon's signed-rank test must drop or split zeros and
-    tests the pseudo-median rather than the mean. Its null hypothesis is that within each case
-    the two scores are exchangeable (differences symmetric about 0).
+    Test: the paired sign-flip permutation test on the per-case differences
+    (:func:`sign_flip_p_value`). Why this test: it tests the very statistic the gate reports,
+    the mean difference; it assumes no normality; and it stays valid with the many zero and
+    tied differences that 0/1 metrics (hit@k, exact match) produce, where Wilcoxon's
+    signed-rank test must drop or split zeros and tests the pseudo-median, not the mean. Its
+    null hypothesis: within each case the two scores are exchangeable (differences symmetric
+    about 0).
 
     Verdict: "regression" when p < 1 - ``confidence`` and the mean difference is worse (lower, or
     higher when ``higher_is_better`` is False); "improvement" when significant and better;
-    "no_change" otherwise (including when every difference is 0: p = 1); "no_data" when no case
+    "no_change" otherwise; "no_data" when no case
     is scored on both sides. The CI is :func:`mean_ci` of the differences.
     """
     scored: list[tuple[str, float, float]] = []
@@ -159,14 +186,7 @@ def paired_comparison(
     regressed = tuple(cid for d, cid in sorted(oriented) if d < 0)
     improved = tuple(cid for d, cid in sorted(oriented, key=lambda x: (-x[0], x[1])) if d > 0)
 
-    if all(d == 0 for d in diffs):
-        p_value = 1.0
-    else:
-        result = stats.permutation_test((np.asarray(diffs, dtype=np.float64),), _mean,
-                                        permutation_type="samples", vectorized=True,
-                                        n_resamples=n_resamples, alternative="two-sided",
-                                        rng=np.random.default_rng(seed))
-        p_value = min(1.0, float(result.pvalue))
+    p_value = sign_flip_p_value(diffs, n_resamples=n_resamples, seed=seed)
     verdict: Verdict = "no_change"
     if p_value < 1 - confidence and diff.mean is not None and diff.mean != 0:
         verdict = "regression" if sign * diff.mean < 0 else "improvement"

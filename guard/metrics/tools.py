@@ -162,8 +162,11 @@ def _parse_arguments(raw: Any) -> Mapping[str, Any] | None:
     return raw if isinstance(raw, Mapping) else None
 
 
-def _max_matching(edges: list[list[int]], n_right: int) -> int:
-    """Size of a maximum bipartite matching (augmenting paths; n is a handful of calls)."""
+def _max_matching(edges: list[list[int]], n_right: int) -> list[int | None]:
+    """A maximum bipartite matching, as the left node owning each right node (or None).
+
+    Augmenting paths; n is a handful of calls.
+    """
     owner: list[int | None] = [None] * n_right
 
     def augment(left: int, seen: set[int]) -> bool:
@@ -176,7 +179,9 @@ def _max_matching(edges: list[list[int]], n_right: int) -> int:
                     return True
         return False
 
-    return sum(augment(left, set()) for left in range(len(edges)))
+    for left in range(len(edges)):
+        augment(left, set())
+    return owner
 
 
 def score_tool_calls(
@@ -218,16 +223,19 @@ def score_tool_calls(
     pred_names, exp_names = Counter(n for n, _ in pred), Counter(n for n, _ in exp)
     matched_names = sum((pred_names & exp_names).values())
 
-    errors: list[str] = []
-    ok = [[False] * len(exp) for _ in pred]
+    found: dict[tuple[int, int], list[str]] = {}
     for i, (name, args) in enumerate(pred):
         for j, (exp_name, allowed) in enumerate(exp):
-            if name != exp_name:
-                continue
-            found = (["arguments are not a JSON object"] if args is None
-                     else argument_errors(args, allowed, schemas.get(name)))
-            ok[i][j] = not found
-            errors += [f"call {i} ({name}) vs expected {j}: {e}" for e in found]
+            if name == exp_name:
+                found[i, j] = (["arguments are not a JSON object"] if args is None
+                               else argument_errors(args, allowed, schemas.get(name)))
+    edges = [[j for j in range(len(exp)) if found.get((i, j)) == []] for i in range(len(pred))]
+    owner = _max_matching(edges, len(exp))
+    correct_pairs = sum(o is not None for o in owner)
+    # Explain the calls left unmatched by the best assignment, against the expected calls left.
+    errors = [f"call {i} ({pred[i][0]}) vs expected {j}: {e}"
+              for (i, j), messages in found.items() if i not in owner and owner[j] is None
+              for e in messages]
     for name in sorted(pred_names | exp_names):
         surplus = pred_names[name] - exp_names[name]
         if surplus:
@@ -235,8 +243,7 @@ def score_tool_calls(
                           else f"{-surplus} expected call(s) to {name!r} not made")
 
     same_size = len(pred) == len(exp)
-    exact = same_size and all(ok[i][i] for i in range(len(exp)))
-    correct_pairs = _max_matching([[j for j in range(len(exp)) if row[j]] for row in ok], len(exp))
+    exact = same_size and all(i in edges[i] for i in range(len(exp)))
     correct = exact if order_matters else same_size and correct_pairs == len(exp)
     if order_matters and not exact and same_size and correct_pairs == len(exp):
         errors.append("the calls are not in the expected order")

@@ -171,8 +171,8 @@ def test_hand_computed_values() -> None:
     assert hit_at_k(ranked, judged, 2) == 1.0
     assert reciprocal_rank(ranked, judged) == 0.5
     assert average_precision(ranked, judged) == pytest.approx((1 / 2 + 2 / 4) / 2)
-    idcg = 2 + 1 / 1.584962500721156
-    assert ndcg_at_k(ranked, judged, 4) == pytest.approx((1 / 1.584962500721156 + 2 / 2.321928094887362) / idcg)
+    log3, log5 = 1.584962500721156, 2.321928094887362
+    assert ndcg_at_k(ranked, judged, 4) == pytest.approx((1 / log3 + 2 / log5) / (2 + 1 / log3))
 
 
 def test_empty_run_scores_zero_and_no_relevant_is_none() -> None:

@@ -1,0 +1,133 @@
+"""The run journal: an append-only JSON Lines file of every event of a run, on disk first.
+
+A case result is written and fsync'd before any listener hears of it, so the journal is the
+source of truth: resuming a killed run reads it to skip finished cases, the dashboard replays
+it for `Last-Event-ID`, exports and summaries read it through DuckDB. A torn last line (a kill
+mid-write) is cut off when the journal is reopened; every complete line before it survives.
+One process writes a journal at a time, enforced with an advisory lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from guard.domain import CaseResult, Event
+from rag.errors import StorageError
+
+CASE_FINISHED = "case_finished"
+
+
+def repair(path: Path) -> int:
+    """Cut a torn last line (no trailing newline) off; return how many bytes were dropped."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as fh:
+        fh.seek(max(0, size - 1))
+        if fh.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline; everything after it is a partial write.
+        position, chunk = size, 65536
+        while position > 0:
+            start = max(0, position - chunk)
+            fh.seek(start)
+            block = fh.read(position - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            position = start
+        else:
+            keep = 0
+        fh.truncate(keep)
+        os.fsync(fh.fileno())
+        return size - keep
+
+
+def read_events(path: Path, after_id: int = 0) -> Iterator[Event]:
+    """Every complete event with id > `after_id`, in order. Skips a torn trailing line."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break  # being written right now, or torn: not an event yet
+            row = json.loads(raw)
+            if row["id"] > after_id:
+                yield Event(**row)
+
+
+def read_results(path: Path) -> Iterator[CaseResult]:
+    for event in read_events(path):
+        if event.type == CASE_FINISHED:
+            yield CaseResult.from_dict(event.data)
+
+
+class Journal:
+    """The writer side. Open with `Journal.open(path)`; close with `close()`."""
+
+    def __init__(self, path: Path, run_id: str, handle: IO[bytes], last_id: int) -> None:
+        self.path = path
+        self.run_id = run_id
+        self._fh = handle
+        self.last_id = last_id
+
+    @classmethod
+    def open(cls, path: Path, run_id: str) -> Journal:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repair(path)
+            handle = path.open("ab")
+        except OSError as exc:
+            raise StorageError(f"cannot open journal {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StorageError(f"run journal {path} is being written by another process") from None
+        last_id = 0
+        for event in read_events(path):
+            last_id = event.id
+        return cls(path, run_id, handle, last_id)
+
+    def append(self, type_: str, data: dict[str, Any], *, durable: bool = False) -> Event:
+        """Write one event; with `durable`, fsync before returning (used for case results)."""
+        event = Event(self.last_id + 1, self.run_id, type_, data, time.time())
+        line = (json.dumps(event.to_dict(), separators=(",", ":"), default=str) + "\n").encode()
+        offset = self._fh.tell()
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            if durable:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._undo(offset)
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise StorageError(
+                f"cannot append to journal {self.path}: {reason}; "
+                "every event written before is intact"
+            ) from exc
+        self.last_id = event.id
+        return event
+
+    def _undo(self, offset: int) -> None:
+        try:
+            self._fh.truncate(offset)
+        except OSError:
+            pass  # `repair` cuts the torn line at the next open
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()

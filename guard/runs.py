@@ -1,0 +1,116 @@
+"""Where runs live: `<data>/runs/<run_id>/` holds `manifest.json` and `journal.jsonl`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from guard.journal import read_events
+from rag.errors import InputError, StorageError
+
+RUN_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment: str
+    status: str  # running, finished, cancelled, interrupted
+    done: int
+    total: int
+    created: float
+    tenants: tuple[str, ...]
+    variants: tuple[str, ...]
+
+
+class RunStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def new_run_id() -> str:
+        return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+    def folder(self, run_id: str) -> Path:
+        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+            raise InputError(f"invalid run id {run_id!r} (expected YYYYMMDD-HHMMSS-xxxxxx)")
+        return self.root / run_id
+
+    def journal_path(self, run_id: str) -> Path:
+        return self.folder(run_id) / "journal.jsonl"
+
+    def exists(self, run_id: str) -> bool:
+        return (self.folder(run_id) / "manifest.json").exists()
+
+    def require(self, run_id: str) -> Path:
+        if not self.exists(run_id):
+            raise InputError(f"no run {run_id!r} in {self.root}")
+        return self.folder(run_id)
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> None:
+        folder = self.folder(run_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / "manifest.json.tmp"
+            tmp.write_text(json.dumps(manifest, indent=2, default=str))
+            os.replace(tmp, folder / "manifest.json")
+        except OSError as exc:
+            raise StorageError(f"cannot write run manifest in {folder}: {exc}") from exc
+
+    def manifest(self, run_id: str) -> dict[str, Any]:
+        path = self.require(run_id) / "manifest.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+        return data
+
+    def run_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            (p.name for p in self.root.iterdir()
+             if RUN_ID_PATTERN.fullmatch(p.name) and (p / "manifest.json").exists()),
+            reverse=True,
+        )
+
+    def info(self, run_id: str) -> RunInfo:
+        manifest = self.manifest(run_id)
+        journal = self.journal_path(run_id)
+        done, total, status = 0, int(manifest.get("total", 0)), "interrupted"
+        for event in read_events(journal):
+            if event.type == "case_finished":
+                done += 1
+            elif event.type == "run_started":
+                total = int(event.data.get("total", total))
+            elif event.type == "run_finished":
+                status = str(event.data.get("status", "finished"))
+        if status == "interrupted" and is_being_written(journal):
+            status = "running"
+        return RunInfo(run_id, str(manifest.get("experiment", "")), status, done, total,
+                       float(manifest.get("created", 0.0)),
+                       tuple(manifest.get("tenants", ())), tuple(manifest.get("variants", ())))
+
+    def list(self) -> list[RunInfo]:
+        return [self.info(run_id) for run_id in self.run_ids()]
+
+
+def is_being_written(journal: Path) -> bool:
+    """True while a process holds the journal's writer lock."""
+    try:
+        with journal.open("rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
