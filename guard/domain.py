@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class CaseStatus(str, Enum):
+class CaseStatus(StrEnum):
     """How a case ended. Every case ends with exactly one; none is left as a silent NaN."""
 
     SCORED = "scored"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ Listener = Callable[[Event], None]
 class RunSettings:
     concurrency: int = 8
     timeout_s: float = 120.0
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     requests_per_minute: float = 0
     tokens_per_minute: float = 0
     repeat: int = 1

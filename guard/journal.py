@@ -9,6 +9,7 @@ One process writes a journal at a time, enforced with an advisory lock.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -122,10 +123,8 @@ class Journal:
         return event
 
     def _undo(self, offset: int) -> None:
-        try:
+        with contextlib.suppress(OSError):  # else `repair` cuts the torn line at next open
             self._fh.truncate(offset)
-        except OSError:
-            pass  # `repair` cuts the torn line at the next open
 
     def close(self) -> None:
         if not self._fh.closed:

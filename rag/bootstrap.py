@@ -117,16 +117,7 @@ def _api_key(env_name: str, base_url: str | None) -> str:
 def _openai_client(
     base_url: str | None, api_key_env: str, timeout: float, max_retries: int
 ) -> object:
-    import httpx
-    from openai import AsyncOpenAI
+    from rag.adapters.openai_provider import build_client
 
-    # The default httpx limits cap in-flight requests at 100; a benchmark at high concurrency
-    # needs more, so set them explicitly.
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
-    return AsyncOpenAI(
-        base_url=base_url,
-        api_key=_api_key(api_key_env, base_url),
-        timeout=timeout,
-        max_retries=max_retries,
-        http_client=httpx.AsyncClient(limits=limits, timeout=timeout),
-    )
+    # An explicit pool: the SDK's default caps in-flight requests at 100.
+    return build_client(base_url, _api_key(api_key_env, base_url), timeout, max_retries, 256)

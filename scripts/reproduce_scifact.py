@@ -45,7 +45,9 @@ def load_run(path: Path) -> dict[str, dict[str, float]]:
     return run
 
 
-def evaluate(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+def evaluate(
+    run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
+) -> dict[str, float]:
     """Mean over every judged query (trec_eval -c): a query missing from the run scores 0."""
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100", "recip_rank"})
     per_query = evaluator.evaluate(run)

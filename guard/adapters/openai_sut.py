@@ -15,7 +15,7 @@ import openai
 
 from guard.domain import Context, SutResponse
 from guard.golden import GoldenCase
-from rag.adapters.openai_provider import _build_client as build_client
+from rag.adapters.openai_provider import build_client
 from rag.adapters.openai_provider import translate_error
 from rag.errors import ProviderError
 

@@ -18,7 +18,8 @@ def _normalise(matrix: np.ndarray[Any, Any]) -> Vectors:
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (matrix / norms).astype(np.float32)
+    normalised: Vectors = (matrix / norms).astype(np.float32)
+    return normalised
 
 
 class MiniLMEmbedder:

@@ -35,7 +35,9 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", location=str(path))
+        raise InputError(
+            f"not UTF-8 text ({exc.reason} at byte {exc.start})", location=str(path)
+        ) from None
     seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -44,7 +46,9 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", location=where)
+            raise InputError(
+                f"invalid JSON: {exc.msg} (column {exc.colno})", location=where
+            ) from None
         if not isinstance(row, dict):
             raise InputError("each line must be a JSON object", location=where)
         doc_id = _field(row, "_id", where, required=True)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rag.adapters.text_analysis import tokenize
+from rag.adapters.text_analysis import STOP_WORDS, tokenize
 from rag.domain import ChatMessage, Generation, ScoredChunk, ToolCall, Usage
 from rag.errors import InputError
 
@@ -59,9 +59,8 @@ _GENERIC_TOOL_TERMS = frozenset(
 _USER_PARAM_TERMS = frozenset(
     tokenize("user username login account employee assignee owner member person requester")
 )
-_NOT_A_USER = frozenset(
-    {"the", "a", "an", "me", "my", "us", "our", "this", "that", "all", "every", "each"}
-)
+# "for the team", "for how long": function words and the trigger words are never user names.
+_NOT_A_USER = STOP_WORDS | {"me", "us", "all", "every", "each", "user", "username", "employee"}
 _FIELD_WEIGHTS = {"name": 3.0, "description": 2.0, "parameters": 1.0}
 
 
@@ -69,7 +68,6 @@ _FIELD_WEIGHTS = {"name": 3.0, "description": 2.0, "parameters": 1.0}
 class _Sentence:
     text: str
     chunk_id: str
-    order: int  # position over all contexts, in rank order: the tie-breaker
     terms: frozenset[str]
 
 
@@ -155,7 +153,7 @@ def split_sentences(contexts: Sequence[ScoredChunk], language: str = "english") 
             text = " ".join(piece.split())
             terms = frozenset(tokenize(text, language))
             if terms:
-                out.append(_Sentence(text, context.chunk_id, len(out), terms))
+                out.append(_Sentence(text, context.chunk_id, terms))
     return out
 
 
@@ -363,7 +361,7 @@ class _Findings:
         users = [
             m.group(1).rstrip(".")
             for m in _USER_AFTER.finditer(without_emails)
-            if m.group(1).lower() not in _NOT_A_USER | {"user", "username", "employee"}
+            if m.group(1).rstrip(".").lower() not in _NOT_A_USER
         ]
         return cls(
             question=question,

@@ -47,7 +47,8 @@ Context passages:
 _CITATION = re.compile(r"\[([^\[\]\n]{1,300})\]")
 _ABSTAINING = re.compile(
     r"\b(?:cannot|can ?not|can't|unable to|not able to) (?:answer|find|determine)"
-    r"|\b(?:do|does|don't|doesn't) not? ?(?:contain|mention|provide|include|say|specify|cover)"
+    r"|\b(?:do not|does not|don't|doesn't) "
+    r"(?:contain|mention|provide|include|say|specify|cover)"
     r"|\bno (?:relevant )?information\b|\bnot enough information\b"
     r"|\bi (?:do not|don't) know\b"
     r"|\bnot (?:mentioned|provided|specified|stated|covered) in\b",
@@ -86,7 +87,7 @@ class OpenAICompatibleProvider:
         self.temperature = temperature
         self.system_prompt = system_prompt
         self._owns_client = client is None
-        self._client = client or _build_client(
+        self._client = client or build_client(
             base_url, api_key, timeout, max_retries, max_connections
         )
 
@@ -351,7 +352,7 @@ def _wire_message(message: ChatMessage) -> dict[str, str]:
     return {"role": message.role, "content": message.content}
 
 
-def _build_client(
+def build_client(
     base_url: str | None,
     api_key: str | None,
     timeout: float,

@@ -1,4 +1,4 @@
-"""The one tokenizer every lexical engine shares: lowercase words, stop words out, Snowball stems."""
+"""The one tokenizer every lexical engine shares: lowercase words, no stop words, stems."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 # A short English list: function words only, so that content words in questions survive.
 STOP_WORDS = frozenset(
-    """a an and are as at be but by for from has have he her his i if in into is it its me my
-    no not of on or our she so such that the their them then there these they this to was we
-    were what when where which who whom why will with you your do does did can could would
-    should how""".split()
+    """
+    a an and are as at be but by for from has have he her his i if in into is it its me my no
+    not of on or our she so such that the their them then there these they this to was we were
+    what when where which who whom why will with you your do does did can could would should
+    how
+    """.split()
 )
 
 

@@ -24,8 +24,9 @@ def _parser() -> argparse.ArgumentParser:
         description="TruthGuard's reference RAG pipeline: multi-tenant hybrid retrieval "
         "(LanceDB + BM25) with offline or OpenAI-compatible providers.",
     )
-    parser.add_argument("--config", type=Path, help="TOML configuration (default: ./truthguard.toml "
-                        "if present, else the embedded demo defaults)")
+    parser.add_argument("--config", type=Path,
+                        help="TOML configuration (default: ./truthguard.toml if present, "
+                        "else the embedded demo defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="index a tenant's corpus (idempotent upsert)")
@@ -96,7 +97,7 @@ async def _run(config: RagConfig, args: argparse.Namespace) -> int:
 
 
 async def _ingest(config: RagConfig, pipeline: RagPipeline, args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeElapsedColumn
 
     from rag.adapters.loaders import load_corpus
 
@@ -116,9 +117,11 @@ async def _ingest(config: RagConfig, pipeline: RagPipeline, args: argparse.Names
             TimeElapsedColumn(), transient=False, disable=not sys.stderr.isatty(),
         ) as bar:
             task = bar.add_task(f"ingest {tenant}", total=len(documents))
-            report = await pipeline.ingest(
-                tenant, documents, progress=lambda done, total: bar.update(task, completed=done)
-            )
+
+            def advance(done: int, total: int, task: TaskID = task) -> None:
+                bar.update(task, completed=done)
+
+            report = await pipeline.ingest(tenant, documents, progress=advance)
         print(
             f"{tenant}: {len(report.added)} added, {len(report.updated)} updated, "
             f"{len(report.unchanged)} unchanged, {report.chunks} chunks indexed from {corpus}"
@@ -181,7 +184,7 @@ def _serve(config: RagConfig, args: argparse.Namespace) -> int:
 
     configure_logging()
     pipeline = build_pipeline(config)
-    serve(create_app(pipeline), host=args.host, port=args.port)
+    asyncio.run(serve(create_app(pipeline), host=args.host, port=args.port))
     return EXIT_OK
 
 

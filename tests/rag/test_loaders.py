@@ -93,7 +93,7 @@ def test_empty_file_and_missing_paths(tmp_path: Path) -> None:
         load_corpus(tmp_path)
     with pytest.raises(InputError, match="corpus not found"):
         load_corpus(tmp_path / "missing")
-    with pytest.raises(InputError, match="expected a .jsonl corpus or a folder"):
+    with pytest.raises(InputError, match=r"expected a \.jsonl corpus or a folder"):
         load_corpus(tmp_path / "empty.md")
     (tmp_path / "empty.md").unlink()
     with pytest.raises(InputError, match="no documents"):

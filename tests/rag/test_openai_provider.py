@@ -59,26 +59,30 @@ def _tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [choice]}  # fmt: skip
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [choice],
+    }
 
 
 def _stream_chunks() -> list[dict[str, Any]]:
     """Content in pieces, then two tool calls whose argument pieces interleave by index."""
     call = {"index": 0, "id": "call_a", "type": "function"}
+    second = {"name": "book_room", "arguments": '{"ro'}
     return [
         _chunk({"role": "assistant", "content": ""}),
         _chunk({"content": "Booking "}),
         _chunk({"content": "two rooms [hr-leave#0]."}),
         _chunk({"tool_calls": [{**call, "function": {"name": "book_room", "arguments": ""}}]}),
         _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"room": '}}]}),
-        _chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                                "function": {"name": "book_room", "arguments": '{"ro'}}]}),  # fmt: skip
+        _chunk({"tool_calls": [{**call, "index": 1, "id": "call_b", "function": second}]}),
         _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Aurora"}'}}]}),
         _chunk({"tool_calls": [{"index": 1, "function": {"arguments": 'om": "Borealis"}'}}]}),
         _chunk({}, "tool_calls"),
-        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-         "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59}},  # fmt: skip
+        {**_chunk({}), "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 9}},
     ]
 
 

@@ -97,9 +97,7 @@ async def test_the_other_tenant_sees_only_its_own_documents(client: openai.Async
     )
 
 
-async def test_tools_come_back_as_tool_calls(
-    client: openai.AsyncOpenAI, tools: list[Any]
-) -> None:
+async def test_tools_come_back_as_tool_calls(client: openai.AsyncOpenAI, tools: list[Any]) -> None:
     completion = await client.chat.completions.create(
         model="rag-it",
         messages=user("Open a high priority ticket for user alice: the VPN is down"),
@@ -251,20 +249,29 @@ async def test_unknown_models_are_404(client: openai.AsyncOpenAI) -> None:
         assert "rag-hr" not in error["message"]  # no list of the tenants that do exist
 
 
+HI = user("hi")
+IMAGE = [{"role": "user", "content": [{"type": "image_url"}]}]
+SYSTEM_ONLY = [{"role": "system", "content": "no user turn"}]
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"messages": HI}, "model"),
         ({"model": "rag-hr"}, "messages"),
         ({"model": "rag-hr", "messages": []}, "messages"),
         ({"model": "rag-hr", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-        ({"model": "rag-hr", "messages": user("hi"), "retrieval": {"k": 0}}, "retrieval.k"),
-        ({"model": "rag-hr", "messages": user("hi"), "retrieval": {"mode": "x"}}, "retrieval.mode"),
-        ({"model": "rag-hr", "messages": user("hi"), "tools": [{"function": {}}]}, "tools[0].function.name"),
-        ({"model": "rag-hr", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
-        ({"model": "rag-hr", "messages": [{"role": "system", "content": "only a system turn"}]}, None),
+        ({"model": "rag-hr", "messages": HI, "retrieval": {"k": 0}}, "retrieval.k"),
+        ({"model": "rag-hr", "messages": HI, "retrieval": {"mode": "x"}}, "retrieval.mode"),
+        ({"model": "rag-hr", "messages": HI, "retrieval": {"kk": 3}}, "retrieval.kk"),
+        (
+            {"model": "rag-hr", "messages": HI, "tools": [{"function": {}}]},
+            "tools[0].function.name",
+        ),
+        ({"model": "rag-hr", "messages": IMAGE}, "messages[0].content"),
+        ({"model": "rag-hr", "messages": SYSTEM_ONLY}, None),
     ],
-)  # fmt: skip
+)
 async def test_bad_bodies_are_400_naming_the_field(
     http: httpx.AsyncClient, body: dict[str, Any], param: str | None
 ) -> None:

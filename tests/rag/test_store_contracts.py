@@ -25,7 +25,7 @@ DOCS = {
     "hr": [
         Document("leave", "Employees receive twenty five days of annual leave each year.", "Leave"),
         Document("parental", "Parents receive sixteen weeks of paid parental leave.", "Parental"),
-        Document("expenses", "Submit travel expenses within thirty days with receipts.", "Expenses"),
+        Document("expenses", "Submit travel expenses within thirty days with receipts."),
     ],
     "it": [
         Document("vpn", "Connect to the office VPN with the GlobalProtect client.", "VPN"),
@@ -146,7 +146,8 @@ def test_delete_documents(adapter) -> None:
 
 
 @pytest.mark.parametrize(
-    "tenant", ["hr' OR '1'='1", "../it", "it/..", "HR", "hr\u0131", "h r", "", "it;DROP", "\u0430bc"]
+    "tenant",
+    ["hr' OR '1'='1", "../it", "it/..", "HR", "hr\u0131", "h r", "", "it;DROP", "\u0430bc"],
 )
 def test_hostile_tenant_ids_are_refused(adapter, tenant: str) -> None:
     _loaded(adapter)
