@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from guard.cache import ResponseCache, cache_key
 from guard.domain import CaseResult, CaseStatus, Event, SutResponse
@@ -25,6 +25,7 @@ from guard.scoring import Judge, score_case
 from rag.errors import RetryableProviderError, TruthGuardError
 
 Listener = Callable[[Event], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,11 @@ class RunEngine:
                     response, attempts = await self._ask(variant, case, limiter, progress)
                     if self.cache:
                         await self.cache.put(key, response)
-                metrics = await score_case(case, response, settings.ks, self.judge,
-                                           settings.ragas)
+                answered = response
+                metrics, _ = await self._retrying(
+                    variant, case, progress,
+                    lambda: score_case(case, answered, settings.ks, self.judge, settings.ragas),
+                )
         except TimeoutError:
             status, error = CaseStatus.TIMEOUT, f"no answer within {settings.timeout_s:g} s"
         except TruthGuardError as exc:
@@ -232,16 +236,29 @@ class RunEngine:
     async def _ask(
         self, variant: Variant, case: GoldenCase, limiter: RateLimiter, progress: _Progress
     ) -> tuple[SutResponse, int]:
-        policy = variant.settings.retry
-        attempt = 0
-        while True:
-            attempt += 1
+        async def call() -> SutResponse:
             waited = await limiter.acquire(_estimate_tokens(case))
             if waited > 0:
                 self._emit("backoff", {"variant": variant.name, "case_id": case.id,
                                        "reason": "rate limit", "wait_s": round(waited, 3)})
+            return await variant.system.respond(case)
+
+        return await self._retrying(variant, case, progress, call)
+
+    async def _retrying(
+        self,
+        variant: Variant,
+        case: GoldenCase,
+        progress: _Progress,
+        call: Callable[[], Awaitable[T]],
+    ) -> tuple[T, int]:
+        """Call until it succeeds, retrying transient provider errors (system or judge)."""
+        policy = variant.settings.retry
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return await variant.system.respond(case), attempt
+                return await call(), attempt
             except RetryableProviderError as exc:
                 if attempt > policy.max_retries:
                     raise

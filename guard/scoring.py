@@ -7,6 +7,7 @@ case (no judgments, no gold answers, no expected tools, no judge) is None, never
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -37,18 +38,29 @@ def retrieval_scores(case: GoldenCase, response: SutResponse, ks: Sequence[int])
     return scores
 
 
+_CITATION = re.compile(r"\s*\[[^\[\]\s]+#\d+\]")
+
+
+def answer_text(response: SutResponse) -> str:
+    """The answer without `[doc#0]`-style citation markers, which no gold answer contains."""
+    return _CITATION.sub("", response.answer).strip()
+
+
 def answer_scores(case: GoldenCase, response: SutResponse) -> Scores:
-    abstained = is_abstention(response.answer, response.abstained)
-    scores: Scores = {
+    """EM/F1 against the gold answers and abstention, for cases that have an answer key:
+    gold answers, or `is_impossible`. Tool-only cases have none."""
+    golds = list(case.answers) or ([case.reference_answer] if case.reference_answer else [])
+    if not (case.is_impossible or golds):
+        return {}
+    text = answer_text(response)
+    abstained = is_abstention(text, response.abstained)
+    return {
         "abstention.abstained": float(abstained),
         "abstention.hallucinated": float(not abstained) if case.is_impossible else None,
         "abstention.missed_answer": float(abstained) if not case.is_impossible else None,
+        "answer.em": exact_match(text, golds, abstained=abstained),
+        "answer.f1": token_f1(text, golds, abstained=abstained),
     }
-    golds = list(case.answers) or ([case.reference_answer] if case.reference_answer else [])
-    if case.is_impossible or golds:
-        scores["answer.em"] = exact_match(response.answer, golds, abstained=abstained)
-        scores["answer.f1"] = token_f1(response.answer, golds, abstained=abstained)
-    return scores
 
 
 def tool_scores(case: GoldenCase, response: SutResponse) -> Scores:
@@ -66,7 +78,7 @@ async def ragas_scores(case: GoldenCase, response: SutResponse) -> Scores:
     if reference is None and not case.reference_contexts:
         return {}
     raw = await nonllm_scores(
-        response=response.answer,
+        response=answer_text(response),
         reference=reference,
         retrieved_contexts=[c.text for c in response.contexts],
         reference_contexts=list(case.reference_contexts) or None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from guard.bootstrap import build_judge, build_wiring, describe_variants, rag_co
 from guard.cache import ResponseCache
 from guard.engine import Listener, RunEngine
 from guard.gates import GateResult, check_floors
-from guard.golden import GoldenDataset, load_dataset
+from guard.golden import GoldenCase, GoldenDataset, dataset_hash, load_dataset
 from guard.journal import Journal
 from guard.results import MetricSummary, cases_frame, summarize
 from guard.runs import RunStore
@@ -53,18 +53,42 @@ def code_version() -> str:
 
 
 def load_spec_dataset(spec: ExperimentSpec, config: RagConfig) -> GoldenDataset:
-    tools = spec.path(spec.tools_file) if spec.tools_file else None
     needs_config = any(v.system == "pipeline" for v in spec.expanded_variants())
-    dataset = load_dataset(spec.path(spec.dataset), tools_file=tools,
-                           known_tenants=set(config.tenants) if needs_config else None)
+    known = set(config.tenants) if needs_config else None
+    if spec.dataset is not None:
+        tools = spec.path(spec.tools_file) if spec.tools_file else None
+        dataset = load_dataset(spec.path(spec.dataset), tools_file=tools, known_tenants=known)
+    else:
+        dataset = _imported(spec, known)
     if spec.limit:
-        from dataclasses import replace
-
-        from guard.golden import dataset_hash
-
         cases = dataset.cases[: spec.limit]
         dataset = replace(dataset, cases=cases, content_hash=dataset_hash(cases))
     return dataset
+
+
+def _imported(spec: ExperimentSpec, known: set[str] | None) -> GoldenDataset:
+    from guard.importers import beir_cases, bfcl_cases, squad_cases
+
+    cases: list[GoldenCase] = []
+    for item in spec.dataset_import:
+        if known is not None and item.tenant not in known:
+            raise InputError(f"[[dataset_import]] tenant {item.tenant!r} is not configured "
+                             f"(configured: {', '.join(sorted(known))})", location=spec.source)
+
+        def path(value: str | None) -> Path | None:
+            return spec.path(value) if value else None
+
+        if item.kind == "beir":
+            result = beir_cases(spec.path(item.queries or ""), spec.path(item.qrels or ""),
+                                tenant=item.tenant, corpus_path=path(item.corpus))
+        elif item.kind == "squad":
+            result = squad_cases(spec.path(item.qa or ""), tenant=item.tenant,
+                                 corpus_path=path(item.corpus))
+        else:
+            result = bfcl_cases(spec.path(item.questions or ""), path(item.answers),
+                                tenant=item.tenant)
+        cases.extend(result.cases)
+    return GoldenDataset(spec.name, Path(spec.source), tuple(cases), dataset_hash(cases))
 
 
 class GuardService:

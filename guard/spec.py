@@ -97,10 +97,32 @@ class Gate(_Strict):
     variants: list[str] = []  # empty: every variant
 
 
+class DatasetImport(_Strict):
+    """Cases built at run time from public files by an importer (nothing is copied)."""
+
+    kind: Literal["beir", "squad", "bfcl"]
+    tenant: str
+    queries: str | None = None  # beir
+    qrels: str | None = None  # beir
+    qa: str | None = None  # squad
+    corpus: str | None = None  # beir, squad: checks judged ids and fills reference contexts
+    questions: str | None = None  # bfcl
+    answers: str | None = None  # bfcl (none for the irrelevance category)
+
+    @model_validator(mode="after")
+    def _files(self) -> DatasetImport:
+        needed = {"beir": ("queries", "qrels"), "squad": ("qa",), "bfcl": ("questions",)}
+        missing = [f for f in needed[self.kind] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} import needs {', '.join(missing)}")
+        return self
+
+
 class ExperimentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    dataset: str
+    dataset: str | None = None
+    dataset_import: list[DatasetImport] = []
     tools_file: str | None = None
     limit: Annotated[int, Field(ge=1)] | None = None
     tags: list[str] = []
@@ -115,6 +137,12 @@ class ExperimentSpec(_Strict):
     webhook_url: str | None = None
     source: str = ""
     base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> ExperimentSpec:
+        if (self.dataset is None) == (not self.dataset_import):
+            raise ValueError("give either dataset (a golden file) or [[dataset_import]]")
+        return self
 
     @model_validator(mode="after")
     def _unique_variants(self) -> ExperimentSpec:

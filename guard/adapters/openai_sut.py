@@ -15,8 +15,7 @@ import openai
 
 from guard.domain import Context, SutResponse
 from guard.golden import GoldenCase
-from rag.adapters.openai_provider import build_client
-from rag.adapters.openai_provider import translate_error
+from rag.adapters.openai_provider import build_client, translate_error
 from rag.errors import ProviderError
 
 

@@ -83,7 +83,7 @@ class LocalExtractiveProvider:
 
     def __init__(
         self,
-        min_coverage: float = 0.5,
+        min_coverage: float = 0.65,
         tool_threshold: float = 0.25,
         max_sentences: int = 2,
         language: str = "english",
