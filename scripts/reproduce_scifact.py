@@ -66,11 +66,13 @@ def rag(*args: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "scifact-repro")
-    parser.add_argument("--chunk-chars", type=int, default=1500)
+    parser.add_argument("--chunk-chars", type=int, default=20000,
+                        help="chunk size; the default keeps each abstract whole, as BEIR "
+                        "and MTEB do (1500 splits 44%% of them and ranks by best chunk)")
     parser.add_argument("--engine", choices=["bm25s", "rank-bm25"], default="bm25s")
     parser.add_argument("--rrf-k", type=int, default=60)
     args = parser.parse_args()
-
+    args.data_dir = args.data_dir.resolve()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     config = args.data_dir / "truthguard.toml"
     config.write_text(

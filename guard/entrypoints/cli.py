@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("import", help="turn BEIR, SQuAD or BFCL files into a golden dataset",
                    add_help=False)
+
+    serve = sub.add_parser("serve", help="serve the live dashboard and its API")
+    serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (loopback)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token-file", type=Path, help="TOML [tokens] table: SHA-256 of a "
+                       "token = [tenants] (default: $TRUTHGUARD_TOKEN_FILE)")
+    serve.add_argument("--experiments", type=Path, default=Path("experiments"),
+                       help="the only folder runs may be started from (default: experiments)")
     return parser
 
 
@@ -95,6 +103,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         return _run(args)
+    if args.command == "serve":
+        from guard.web.app import serve
+        from guard.web.settings import load_settings
+
+        serve(load_settings(data_dir=args.data_dir, experiments_dir=args.experiments,
+                            token_file=args.token_file, env=os.environ, host=args.host,
+                            port=args.port))
+        return EXIT_OK
     service = _service(args)
     if args.command == "runs":
         console.print_runs(service.store.list())
