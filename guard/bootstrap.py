@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from guard.limits import RetryPolicy
 from guard.ports import SystemUnderTest
 from guard.scoring import Judge
 from guard.spec import ExperimentSpec, VariantSpec
+from rag.bootstrap import api_key_from_env
 from rag.config import RagConfig, config_from_dict, load_config
 from rag.errors import InputError
 from rag.pipeline import RagPipeline
@@ -135,13 +135,10 @@ def build_judge(spec: ExperimentSpec) -> Judge | None:
 
 
 def _key(env_name: str, base_url: str, source: str) -> str:
-    key = os.environ.get(env_name)
-    if key:
-        return key
-    if base_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        return "not-needed"  # loopback endpoints such as `rag serve` accept any key
-    raise InputError(f"environment variable {env_name} is not set (key for {base_url})",
-                     location=source)
+    try:
+        return api_key_from_env(env_name, base_url)
+    except InputError as exc:
+        raise InputError(str(exc), location=source) from None
 
 
 def describe_variants(spec: ExperimentSpec, config: RagConfig) -> list[dict[str, Any]]:

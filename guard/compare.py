@@ -14,7 +14,7 @@ one test per gate, as the spec's `confidence` says).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from guard.gates import GateResult, check_drops, check_floors, higher_is_better
 from guard.metrics.stats import MeanCI, paired_comparison
 from guard.results import cases_frame, metric_columns, summarize
 from guard.runs import RunStore
+from guard.service import RunOutcome
 from guard.spec import ExperimentSpec, parse_spec
 from rag.errors import InputError
 
@@ -128,6 +129,33 @@ def spec_from_manifest(manifest: Mapping[str, Any]) -> ExperimentSpec:
                       Path(str(manifest.get("base_dir", "."))))
 
 
+def headline_metrics(available: Iterable[str]) -> list[str]:
+    """The metrics worth a first look, in a fixed order, among `available`: retrieval at the
+    largest k, answers, abstention, tools, ragas ROUGE and every LLM-judge metric."""
+    names = set(available)
+    ks = sorted({int(m.rsplit("@", 1)[1]) for m in names
+                 if m.startswith("retrieval.nDCG@") and m.rsplit("@", 1)[1].isdigit()})
+    top = [f"retrieval.nDCG@{ks[-1]}", f"retrieval.R@{ks[-1]}", f"retrieval.hit@{ks[-1]}"] \
+        if ks else []
+    order = [*top, "retrieval.MRR", "answer.em", "answer.f1", "abstention.hallucinated",
+             "abstention.missed_answer", "tools.selection_f1", "tools.argument_accuracy",
+             "tools.correct", "ragas.rouge_score", *sorted(m for m in names
+                                                         if m.startswith("judge."))]
+    return [m for m in dict.fromkeys(order) if m in names]
+
+
+def load_outcome(archive: RunArchive, run_id: str) -> RunOutcome:
+    """A run's outcome (spec, case table, summaries, floor gates) from any archive."""
+    manifest = archive.manifest(run_id)
+    spec = spec_from_manifest(manifest)
+    frame = archive.cases(run_id)
+    summaries = summarize(frame, spec.confidence)
+    experiment = str(manifest.get("experiment", spec.name))
+    status = next((r.status for r in archive.runs(experiment) if r.run_id == run_id), "unknown")
+    return RunOutcome(run_id, status, spec, frame, summaries,
+                      check_floors(summaries, spec.gates))
+
+
 def _case_key(frame: pd.DataFrame) -> pd.Series:
     return frame["case_id"].astype(str) + "#" + frame["repeat"].astype(int).astype(str)
 
@@ -213,8 +241,10 @@ def compare_frames(
     frames: Mapping[str, pd.DataFrame],
     metrics: Sequence[str] | None = None,
     confidence: float = 0.95,
+    all_metrics: bool = False,
 ) -> Comparison:
-    """Every variant of every run (`frames`: run id -> case table) side by side.
+    """Every variant of every run (`frames`: run id -> case table) side by side, on `metrics`
+    (default: the headline metrics, or every metric with `all_metrics`).
 
     Cells are means with bootstrap CIs over scored cases; a `Win` is recorded when the paired
     test on the cases both columns scored is significant at `confidence` after Holm's
@@ -228,7 +258,10 @@ def compare_frames(
             label = f"{variant}@{run_id[-6:]}" if multi else str(variant)
             columns.append(Column(label, run_id, str(variant)))
     available = sorted({m for frame in frames.values() for m in metric_columns(frame)})
-    chosen = [m for m in metrics if m in available] if metrics else available
+    if metrics:
+        chosen = [m for m in metrics if m in available]
+    else:
+        chosen = available if all_metrics else (headline_metrics(available) or available)
     notes = [f"metric {m!r} not in these runs" for m in (metrics or []) if m not in available]
 
     cells: dict[tuple[str, str], MeanCI] = {}
@@ -242,11 +275,13 @@ def compare_frames(
     for metric in chosen:
         tests = []
         scores = {c.label: _scores(frames[c.run_id], c.variant, metric) for c in columns}
-        for a, b in itertools.combinations(columns, 2):
-            result = paired_comparison(scores[b.label], scores[a.label], confidence=confidence,
+        for first, second in itertools.combinations(columns, 2):
+            result = paired_comparison(scores[second.label], scores[first.label],
+                                       confidence=confidence,
                                        higher_is_better=higher_is_better(metric))
             if result.p_value is not None and result.diff.mean is not None:
-                tests.append((a.label, b.label, result.diff.mean, result.p_value, result.n_pairs))
+                tests.append((first.label, second.label, result.diff.mean, result.p_value,
+                              result.n_pairs))
         adjusted = holm([t[3] for t in tests])
         for (a, b, diff, p, n), p_adj in zip(tests, adjusted, strict=True):
             if p_adj >= alpha or diff == 0:
@@ -262,9 +297,10 @@ def compare_runs(
     runs: Sequence[ArchivedRun],
     metrics: Sequence[str] | None = None,
     confidence: float = 0.95,
+    all_metrics: bool = False,
 ) -> Comparison:
     frames = {run.run_id: archive.cases(run.run_id) for run in runs}
-    comparison = compare_frames(frames, metrics, confidence)
+    comparison = compare_frames(frames, metrics, confidence, all_metrics)
     hashes = {archive.manifest(r.run_id).get("dataset", {}).get("hash") for r in runs}
     if len(hashes) > 1:
         note = ("the runs used different dataset contents: paired tests use only the cases "

@@ -3,22 +3,31 @@ timed out, cached, scored and journaled exactly once.
 
 Safe to call from a running event loop (a server, a notebook): it creates no loop of its own.
 Memory stays flat in the number of cases: workers pull cases from an iterator, and nothing
-per case is kept after it is journaled except running sums for progress.
+per case is kept after it is journaled except running sums for progress (a resumed run also
+keeps the keys of the cases it skips). Case ids must be unique within `cases`, as the dataset
+loader guarantees.
+
+Events are written by group commit (`_Publisher`): each is appended to the journal as it
+happens, a worker thread fsyncs the batch of case results that finished meanwhile, and only
+then do listeners hear of them, in id order. One fsync covers many cases, and the event loop
+never waits on the disk, yet no case result is heard of before it is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from guard.cache import ResponseCache, cache_key
 from guard.domain import CaseResult, CaseStatus, Event, SutResponse
 from guard.golden import GoldenCase
-from guard.journal import CASE_FINISHED, Journal, read_results
+from guard.journal import CASE_FINISHED, Journal, read_events
 from guard.limits import RateLimiter, RetryPolicy
 from guard.ports import SystemUnderTest
 from guard.scoring import Judge, score_case
@@ -26,6 +35,7 @@ from rag.errors import RetryableProviderError, TruthGuardError
 
 Listener = Callable[[Event], None]
 T = TypeVar("T")
+Key = tuple[str, str, int]
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Variant:
 @dataclass
 class _Progress:
     total: int
+    resumed: int = 0  # cases already journaled when this run (re)started
     done: int = 0
     errors: int = 0
     retries: int = 0
@@ -72,9 +83,9 @@ class _Progress:
                 self.sums[key] = self.sums.get(key, 0.0) + value
                 self.counts[key] = self.counts.get(key, 0) + 1
 
-    def snapshot(self, resumed: int) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        fresh = self.done - resumed
+        fresh = self.done - self.resumed
         rate = fresh / elapsed
         remaining = self.total - self.done
         return {
@@ -88,6 +99,82 @@ class _Progress:
             "cost_usd": round(self.cost_usd, 6),
             "means": {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)},
         }
+
+
+@dataclass
+class _Tally:
+    """Calls made to the system under test for one case, kept even when the case fails."""
+
+    attempts: int = 0
+
+
+class _Publisher:
+    """Group commit of a run's events: append now, fsync in batches, then tell listeners.
+
+    `publish` appends an event to the journal at once (ids stay in call order). A background
+    task takes everything appended since its last round, fsyncs it in a worker thread when it
+    holds a durable event, and only then hands each event to the listeners, in order, and
+    resolves the futures of durable events. A failure (disk, or a listener raising) stops the
+    publisher; every later call and every waiting caller gets the error.
+    """
+
+    def __init__(self, journal: Journal, listeners: Sequence[Listener]) -> None:
+        self._journal = journal
+        self._listeners = listeners
+        self._pending: list[tuple[Event, asyncio.Future[Event] | None]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        self._task = asyncio.create_task(self._rounds(), name=f"journal {journal.run_id}")
+
+    def publish(self, type_: str, data: dict[str, Any], durable: bool = False) -> (
+        asyncio.Future[Event] | None
+    ):
+        if self._error is not None:
+            raise self._error
+        event = self._journal.append(type_, data)
+        future = asyncio.get_running_loop().create_future() if durable else None
+        self._pending.append((event, future))
+        self._wake.set()
+        return future
+
+    async def commit(self, type_: str, data: dict[str, Any]) -> Event:
+        """Append an event; return once it is on disk and every listener has heard of it."""
+        future = self.publish(type_, data, durable=True)
+        assert future is not None
+        return await future
+
+    async def _rounds(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            try:
+                if any(future is not None for _, future in batch):
+                    await asyncio.to_thread(self._journal.sync)
+                for event, future in batch:
+                    for listener in self._listeners:
+                        listener(event)
+                    if future is not None and not future.done():
+                        future.set_result(event)
+            except Exception as exc:
+                self._fail(exc, batch + self._pending)
+                return
+
+    def _fail(self, error: Exception, waiting: list[tuple[Event, asyncio.Future[Event] | None]]
+              ) -> None:
+        self._error = error
+        for _, future in waiting:
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    async def aclose(self) -> None:
+        """Publish what is pending, then stop; raise the error that stopped it, if any."""
+        self._closing = True
+        self._wake.set()
+        await asyncio.shield(self._task)
+        if self._error is not None:
+            raise self._error
 
 
 class RunEngine:
@@ -104,77 +191,91 @@ class RunEngine:
         self.judge = judge
         self.listeners = list(listeners)
         self._rng = random.Random(seed)
-        self._cancelled = asyncio.Event()
+        self._cancelled = False
+        self._workers: set[asyncio.Task[None]] = set()
+        self._publisher: _Publisher | None = None
 
     @property
     def run_id(self) -> str:
         return self.journal.run_id
 
     def cancel(self) -> None:
-        """Stop taking new cases; cases in flight are dropped and done again on resume."""
-        self._cancelled.set()
+        """Stop taking new cases; cases in flight are dropped and done again on resume.
 
-    def _emit(self, type_: str, data: dict[str, Any], durable: bool = False) -> Event:
-        event = self.journal.append(type_, data, durable=durable)
-        for listener in self.listeners:
-            listener(event)
-        return event
+        Call it from the loop the run is on; `run` then returns "cancelled" promptly.
+        """
+        self._cancelled = True
+        for task in self._workers:
+            task.cancel()
+
+    def _emit(self, type_: str, data: dict[str, Any]) -> None:
+        assert self._publisher is not None, "events are emitted only while running"
+        self._publisher.publish(type_, data)
 
     async def run(
         self, cases: Sequence[GoldenCase], variants: Sequence[Variant], meta: dict[str, Any]
     ) -> str:
         """Run (or resume) the run; returns its final status: finished or cancelled."""
-        finished = {r.key for r in read_results(self.journal.path)}
+        finished = finished_keys(self.journal.path)
         total = sum(len(cases) * v.settings.repeat for v in variants)
-        progress = _Progress(total=total, done=len(finished))
         resumed = len(finished)
-        self._emit("run_started", {**meta, "total": total, "resumed": resumed,
-                                   "variants": [v.name for v in variants]})
-        limiters = {v.name: RateLimiter(v.settings.requests_per_minute,
-                                        v.settings.tokens_per_minute) for v in variants}
-        workers = [
-            self._variant(v, cases, finished, progress, resumed, limiters[v.name])
-            for v in variants
-        ]
-        await asyncio.gather(*workers)
-        status = "cancelled" if self._cancelled.is_set() else "finished"
-        self._emit("progress", progress.snapshot(resumed))
-        self._emit("run_finished", {"status": status, **progress.snapshot(resumed)},
-                   durable=True)
+        progress = _Progress(total=total, resumed=resumed, done=resumed)
+        publisher = self._publisher = _Publisher(self.journal, self.listeners)
+        try:
+            publisher.publish("run_started", {**meta, "total": total, "resumed": resumed,
+                                              "variants": [v.name for v in variants]})
+            await self._work(cases, variants, finished, progress)
+            status = "cancelled" if self._cancelled else "finished"
+            publisher.publish("progress", progress.snapshot())
+            await publisher.commit("run_finished", {"status": status, **progress.snapshot()})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                await publisher.aclose()
+            raise
+        finally:
+            self._publisher = None
+        await publisher.aclose()
         return status
 
-    async def _variant(
+    async def _work(
+        self,
+        cases: Sequence[GoldenCase],
+        variants: Sequence[Variant],
+        finished: set[Key],
+        progress: _Progress,
+    ) -> None:
+        """Every variant's workers in one task group; the first failure stops them all."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for variant in variants:
+                    todo = _todo(variant, cases, finished)
+                    limiter = RateLimiter(variant.settings.requests_per_minute,
+                                          variant.settings.tokens_per_minute)
+                    for _ in range(max(1, variant.settings.concurrency)):
+                        task = group.create_task(self._worker(variant, todo, limiter, progress))
+                        self._workers.add(task)
+                        task.add_done_callback(self._workers.discard)
+        except BaseExceptionGroup as failed:  # a storage error or a bug: report it plainly
+            raise failed.exceptions[0] from None
+
+    async def _worker(
         self,
         variant: Variant,
-        cases: Sequence[GoldenCase],
-        finished: set[tuple[str, str, int]],
-        progress: _Progress,
-        resumed: int,
+        todo: Iterator[tuple[GoldenCase, int]],
         limiter: RateLimiter,
+        progress: _Progress,
     ) -> None:
-        todo: Iterator[tuple[GoldenCase, int]] = iter(
-            (case, repeat)
-            for repeat in range(variant.settings.repeat)
-            for case in cases
-            if (variant.name, case.id, repeat) not in finished
-        )
-
-        async def worker() -> None:
-            for case, repeat in todo:
-                if self._cancelled.is_set():
-                    return
-                result = await self._case(variant, case, repeat, limiter, progress)
-                if result.key in finished:
-                    continue  # never journal a case twice
-                finished.add(result.key)
-                self._emit(CASE_FINISHED, result.to_dict(), durable=True)
-                progress.add(result)
-                now = time.monotonic()
-                if now - progress.last_emit >= variant.settings.progress_interval_s:
-                    progress.last_emit = now
-                    self._emit("progress", progress.snapshot(resumed))
-
-        await asyncio.gather(*(worker() for _ in range(max(1, variant.settings.concurrency))))
+        assert self._publisher is not None
+        for case, repeat in todo:
+            if self._cancelled:
+                return
+            result = await self._case(variant, case, repeat, limiter, progress)
+            progress.add(result)
+            await self._publisher.commit(CASE_FINISHED, result.to_dict())
+            now = time.monotonic()
+            if now - progress.last_emit >= variant.settings.progress_interval_s:
+                progress.last_emit = now
+                self._emit("progress", progress.snapshot())
 
     async def _case(
         self,
@@ -187,7 +288,7 @@ class RunEngine:
         settings = variant.settings
         started = time.monotonic()
         key = cache_key(variant.system.describe(), _prompt(case), repeat)
-        attempts, cached, error = 0, False, None
+        tally, cached, error = _Tally(), False, None
         status = CaseStatus.SCORED
         response: SutResponse | None = None
         metrics: dict[str, float | None] = {}
@@ -196,7 +297,7 @@ class RunEngine:
                 response = await self.cache.get(key) if self.cache else None
                 cached = response is not None
                 if response is None:
-                    response, attempts = await self._ask(variant, case, limiter, progress)
+                    response = await self._ask(variant, case, limiter, progress, tally)
                     if self.cache:
                         await self.cache.put(key, response)
                 answered = response
@@ -226,7 +327,7 @@ class RunEngine:
             question=_question(case),
             error=error,
             response=response,
-            attempts=max(attempts, 1) if not cached else 0,
+            attempts=max(tally.attempts, 1) if not cached else 0,
             latency_ms=(time.monotonic() - started) * 1000,
             cost_usd=cost,
             cached=cached,
@@ -234,8 +335,9 @@ class RunEngine:
         )
 
     async def _ask(
-        self, variant: Variant, case: GoldenCase, limiter: RateLimiter, progress: _Progress
-    ) -> tuple[SutResponse, int]:
+        self, variant: Variant, case: GoldenCase, limiter: RateLimiter, progress: _Progress,
+        tally: _Tally,
+    ) -> SutResponse:
         async def call() -> SutResponse:
             waited = await limiter.acquire(_estimate_tokens(case))
             if waited > 0:
@@ -243,7 +345,8 @@ class RunEngine:
                                        "reason": "rate limit", "wait_s": round(waited, 3)})
             return await variant.system.respond(case)
 
-        return await self._retrying(variant, case, progress, call)
+        response, _ = await self._retrying(variant, case, progress, call, tally)
+        return response
 
     async def _retrying(
         self,
@@ -251,12 +354,15 @@ class RunEngine:
         case: GoldenCase,
         progress: _Progress,
         call: Callable[[], Awaitable[T]],
+        tally: _Tally | None = None,
     ) -> tuple[T, int]:
         """Call until it succeeds, retrying transient provider errors (system or judge)."""
         policy = variant.settings.retry
         attempt = 0
         while True:
             attempt += 1
+            if tally is not None:
+                tally.attempts = attempt
             try:
                 return await call(), attempt
             except RetryableProviderError as exc:
@@ -268,6 +374,26 @@ class RunEngine:
                                      "attempt": attempt, "error": str(exc),
                                      "retry_after": exc.retry_after, "wait_s": round(delay, 3)})
                 await asyncio.sleep(delay)
+
+
+def finished_keys(journal: Path) -> set[Key]:
+    """The (variant, case id, repeat) of every case result already in a journal."""
+    return {
+        (e.data["variant"], e.data["case_id"], e.data["repeat"])
+        for e in read_events(journal) if e.type == CASE_FINISHED
+    }
+
+
+def _todo(
+    variant: Variant, cases: Sequence[GoldenCase], finished: set[Key]
+) -> Iterator[tuple[GoldenCase, int]]:
+    """The variant's cases not yet journaled, pulled one at a time by its workers."""
+    return (
+        (case, repeat)
+        for repeat in range(variant.settings.repeat)
+        for case in cases
+        if (variant.name, case.id, repeat) not in finished
+    )
 
 
 def _question(case: GoldenCase) -> str:

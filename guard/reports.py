@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from guard.compare import headline_metrics
 from guard.gates import GateResult, higher_is_better
 from guard.golden import GoldenCase
 from guard.metrics.stats import MeanCI
@@ -44,21 +45,6 @@ class Report:
     run_id: str
     html: str
     markdown: str
-
-
-def headline_metrics(available: Iterable[str]) -> list[str]:
-    """The metrics worth a first look, in a fixed order, among `available`: retrieval at the
-    largest k, answers, abstention, tools, ragas ROUGE and every LLM-judge metric."""
-    names = set(available)
-    ks = sorted({int(m.rsplit("@", 1)[1]) for m in names
-                 if m.startswith("retrieval.nDCG@") and m.rsplit("@", 1)[1].isdigit()})
-    top = [f"retrieval.nDCG@{ks[-1]}", f"retrieval.R@{ks[-1]}", f"retrieval.hit@{ks[-1]}"] \
-        if ks else []
-    order = [*top, "retrieval.MRR", "answer.em", "answer.f1", "abstention.hallucinated",
-             "abstention.missed_answer", "tools.selection_f1", "tools.argument_accuracy",
-             "tools.correct", "ragas.rouge_score", *sorted(m for m in names
-                                                         if m.startswith("judge."))]
-    return [m for m in dict.fromkeys(order) if m in names]
 
 
 def tool_label(names: Iterable[str]) -> str:
@@ -152,7 +138,9 @@ def plot_metrics(summaries: Sequence[MetricSummary], metrics: Sequence[str],
     axes = figure.add_subplot()
     height = 0.8 / len(variants)
     for v_index, variant in enumerate(variants):
-        ys, means, errors = [], [], [[], []]
+        ys: list[float] = []
+        means: list[float] = []
+        errors: list[list[float]] = [[], []]
         for m_index, metric in enumerate(metrics):
             ci = by_key.get((variant, metric))
             if ci is None or ci.mean is None:
@@ -327,8 +315,9 @@ def _latency_rows(frame: pd.DataFrame, variants: Sequence[str]) -> list[list[str
         prompt = pd.to_numeric(part.get("prompt_tokens", pd.Series(dtype=float)), errors="coerce")
         completion = pd.to_numeric(part.get("completion_tokens", pd.Series(dtype=float)),
                                    errors="coerce")
-        quantile = (lambda q, s=latency: _fmt(float(s.quantile(q)), 1) if not s.empty else "-")
-        rows.append([variant, quantile(0.5), quantile(0.95),
+        p50, p95 = ((_fmt(float(latency.quantile(q)), 1) if not latency.empty else "-")
+                    for q in (0.5, 0.95))
+        rows.append([variant, p50, p95,
                      _fmt(float(latency.max()), 1) if not latency.empty else "-",
                      f"{int(prompt.fillna(0).sum())}", f"{int(completion.fillna(0).sum())}",
                      f"{float(cost.fillna(0).sum()):.4f}"])

@@ -41,7 +41,7 @@ def build_provider(config: ProviderConfig) -> LLMProvider:
     return OpenAICompatibleProvider(
         model=config.model,
         base_url=config.base_url,
-        api_key=_api_key(config.api_key_env, config.base_url),
+        api_key=api_key_from_env(config.api_key_env, config.base_url),
         timeout=config.timeout,
         max_retries=config.max_retries,
         stream=config.stream,
@@ -105,11 +105,12 @@ def build_pipeline(
     return RagPipeline(runtimes, store, build_lexical(config))
 
 
-def _api_key(env_name: str, base_url: str | None) -> str:
+def api_key_from_env(env_name: str, base_url: str | None) -> str:
+    """The API key from `env_name`; loopback endpoints (such as `rag serve`) need none."""
     key = os.environ.get(env_name)
     if key:
         return key
-    if base_url and base_url.startswith(("http://127.", "http://localhost")):
+    if base_url and base_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         return "not-needed"  # loopback servers such as `rag serve` take any key
     raise InputError(f"environment variable {env_name} is not set (API key for {base_url})")
 
@@ -120,4 +121,5 @@ def _openai_client(
     from rag.adapters.openai_provider import build_client
 
     # An explicit pool: the SDK's default caps in-flight requests at 100.
-    return build_client(base_url, _api_key(api_key_env, base_url), timeout, max_retries, 256)
+    key = api_key_from_env(api_key_env, base_url)
+    return build_client(base_url, key, timeout, max_retries, 256)

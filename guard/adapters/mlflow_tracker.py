@@ -462,7 +462,7 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
     import mlflow
 
     with _TRACE_LOCK:
-        previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+        previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None  # type: ignore[no-untyped-call]
         previous_env = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
@@ -498,10 +498,7 @@ def _case_trace(client: MlflowClient, experiment_id: str, mlrun_id: str, result:
         span_type="CHAIN",
         inputs={"question": result.question, "tenant": result.tenant},
         attributes={"truthguard.run_id": result.run_id, "truthguard.variant": result.variant,
-                    "truthguard.case_id": result.case_id, "truthguard.repeat": result.repeat,
-                    "truthguard.status": result.status.value, "attempts": result.attempts,
-                    "cached": result.cached, "latency_ms": result.latency_ms,
-                    "cost_usd": result.cost_usd},
+                    "truthguard.case_id": result.case_id, "truthguard.status": result.status.value},
         tags={TAG_RUN_ID: result.run_id, "truthguard.variant": result.variant,
               "truthguard.case_id": result.case_id, "truthguard.status": result.status.value},
         experiment_id=experiment_id,
@@ -562,4 +559,7 @@ def _case_trace(client: MlflowClient, experiment_id: str, mlrun_id: str, result:
     client.end_trace(trace_id,
                      outputs={"answer": response.answer if response else None,
                               "status": result.status.value, "error": result.error},
+                     attributes={"truthguard.repeat": result.repeat, "attempts": result.attempts,
+                                 "cached": result.cached, "latency_ms": result.latency_ms,
+                                 "cost_usd": result.cost_usd, "error": result.error},
                      status="OK" if scored else "ERROR", end_time_ns=end_ns)

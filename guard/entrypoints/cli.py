@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from guard.entrypoints import tracking
 from rag.errors import InputError, TruthGuardError
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT = 0, 1, 2
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tag", action="append", default=[], help="tag the run (repeatable)")
     run.add_argument("--no-cache", action="store_true", help="ignore the response cache")
     run.add_argument("--all-metrics", action="store_true", help="print every metric")
+    tracking.add_run_options(run)  # --traces, --no-mlflow
 
     show = sub.add_parser("show", help="print a run's summary")
     show.add_argument("run_id")
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                        "token = [tenants] (default: $TRUTHGUARD_TOKEN_FILE)")
     serve.add_argument("--experiments", type=Path, default=Path("experiments"),
                        help="the only folder runs may be started from (default: experiments)")
+    tracking.add_parsers(sub)  # compare, gate, report, ui
     return parser
 
 
@@ -103,6 +106,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         return _run(args)
+    if args.command in tracking.COMMANDS:
+        return tracking.COMMANDS[args.command](args)
     if args.command == "serve":
         from guard.web.app import serve
         from guard.web.settings import load_settings
@@ -163,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run {run_id}  (resume with: guard run --resume {run_id})", file=sys.stderr)
     outcome = asyncio.run(console.execute_with_progress(service, run_id))
     console.print_outcome(outcome, None if args.all_metrics else HEADLINE)
+    tracking.after_run(args, service, outcome)  # reports, then MLflow
     return EXIT_OK if outcome.passed else EXIT_GATE
 
 
