@@ -14,6 +14,7 @@ one test per gate, as the spec's `confidence` says).
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,24 @@ def load_outcome(archive: RunArchive, run_id: str) -> RunOutcome:
                       check_floors(summaries, spec.gates))
 
 
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The case table with its metric columns rounded exactly as an MLflow case table stores
+    them (`MlflowClient.log_table` writes pandas JSON with 10 decimal places).
+
+    Without this, a run read from its journal and the same run read back from MLflow differ by
+    ~1e-11 on most cases, and the paired test calls that swarm of tiny one-signed differences
+    significant. The rounding is idempotent, so tables from either source compare as equal.
+    """
+    columns = metric_columns(frame)
+    if frame.empty or not columns:
+        return frame
+    data = json.loads(frame[columns].to_json(orient="split", index=False))
+    out = frame.copy()
+    out[columns] = pd.DataFrame(data["data"], columns=data["columns"],
+                                index=frame.index).astype(float)
+    return out
+
+
 def _case_key(frame: pd.DataFrame) -> pd.Series:
     return frame["case_id"].astype(str) + "#" + frame["repeat"].astype(int).astype(str)
 
@@ -250,6 +269,7 @@ def compare_frames(
     test on the cases both columns scored is significant at `confidence` after Holm's
     correction over the column pairs of that metric.
     """
+    frames = {run_id: comparable(frame) for run_id, frame in frames.items()}
     columns: list[Column] = []
     multi = len(frames) > 1
     for run_id, frame in frames.items():
@@ -352,7 +372,7 @@ def gate_run(archive: RunArchive, run_id: str, baseline_id: str | None = None) -
     manifest = archive.manifest(run_id)
     spec = spec_from_manifest(manifest)
     experiment = str(manifest.get("experiment", spec.name))
-    candidate = archive.cases(run_id)
+    candidate = comparable(archive.cases(run_id))
     gated = list(spec.gates)
     notes: list[str] = []
     results: list[GateResult] = []
@@ -390,7 +410,7 @@ def gate_run(archive: RunArchive, run_id: str, baseline_id: str | None = None) -
                     "hash"):
                 notes.append("baseline and candidate used different dataset contents: the "
                              "paired tests use only the cases both scored")
-            baseline = archive.cases(baseline_id)
+            baseline = comparable(archive.cases(baseline_id))
             drops = check_drops(candidate, baseline, spec.gates, spec.confidence)
             results += drops
             for result in drops:

@@ -89,7 +89,9 @@ class Journal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             repair(path)
-            handle = path.open("ab")
+            # Unbuffered: a failed write must leave no bytes behind in a buffer for `close`
+            # to flush later, after `_undo` has cut the file back.
+            handle = path.open("ab", buffering=0)
         except OSError as exc:
             raise StorageError(f"cannot open journal {path}: {exc.strerror or exc}") from exc
         try:
@@ -105,11 +107,16 @@ class Journal:
     def append(self, type_: str, data: dict[str, Any], *, durable: bool = False) -> Event:
         """Write one event; with `durable`, fsync before returning (used for case results)."""
         event = Event(self.last_id + 1, self.run_id, type_, data, time.time())
-        line = (json.dumps(event.to_dict(), separators=(",", ":"), default=str) + "\n").encode()
-        offset = self._fh.tell()
+        # A flat dict, not `event.to_dict()`: asdict would deep-copy `data` once more per event.
+        row = {"id": event.id, "run_id": event.run_id, "type": event.type, "data": event.data,
+               "at": event.at}
+        line = (json.dumps(row, separators=(",", ":"), default=str) + "\n").encode()
         try:
-            self._fh.write(line)
-            self._fh.flush()
+            offset = self._fh.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise StorageError(f"cannot append to journal {self.path}: {exc}") from exc
+        try:
+            self._write_all(line)
             if durable:
                 os.fsync(self._fh.fileno())
         except OSError as exc:
@@ -121,6 +128,14 @@ class Journal:
             ) from exc
         self.last_id = event.id
         return event
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # a raw write may be short (say, the disk filled up mid-line)
+            written = self._fh.write(view)
+            if not written:
+                raise OSError(errno.EIO, "the journal accepted no bytes")
+            view = view[written:]
 
     def sync(self) -> None:
         """fsync every event appended so far: one call makes a whole batch durable.

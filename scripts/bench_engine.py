@@ -57,10 +57,10 @@ from typing import Any, overload
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from guard.domain import CaseStatus, Context, SutResponse  # noqa: E402
-from guard.engine import RunEngine, RunSettings, Variant  # noqa: E402
-from guard.golden import GoldenCase  # noqa: E402
-from guard.journal import Journal, read_results  # noqa: E402
+from guard.domain import CaseStatus, Context, SutResponse
+from guard.engine import RunEngine, RunSettings, Variant
+from guard.golden import GoldenCase
+from guard.journal import Journal, read_results
 
 MODEL = "bench-model"
 ANSWER = ("Full-time employees receive 25 days of annual leave per calendar year, on top of "

@@ -431,16 +431,15 @@ class MLflowRunTracker:
         import sys
 
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                   self.tracking_uri, "--host", host, "--port", str(port)]
+                   self.tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
         if self.artifact_root is not None:
             command += ["--artifacts-destination", self.artifact_root.as_uri()]
         return command
 
 
 def _table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The case table as logged: NaN as null, plain Python objects (JSON-serialisable)."""
-    table = rows.reset_index(drop=True).astype(object)
-    return table.where(pd.notna(table), None)
+    """The case table as logged (pandas writes NaN as null)."""
+    return rows.reset_index(drop=True)
 
 
 def read_table(raw: bytes) -> pd.DataFrame:

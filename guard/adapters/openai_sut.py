@@ -16,7 +16,7 @@ import openai
 from guard.domain import Context, SutResponse
 from guard.golden import GoldenCase
 from rag.adapters.openai_provider import build_client, translate_error
-from rag.errors import ProviderError
+from rag.errors import ProviderError, RetryableProviderError
 
 
 class OpenAIEndpointSystem:
@@ -58,6 +58,8 @@ class OpenAIEndpointSystem:
             completion = await self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
+        except json.JSONDecodeError as exc:  # a 200 whose body is not JSON: garbled in transit
+            raise RetryableProviderError(f"the endpoint's reply is not valid JSON: {exc}") from exc
         latency = (time.perf_counter() - started) * 1000
         return _response(completion, latency)
 

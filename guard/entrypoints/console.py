@@ -93,7 +93,8 @@ def print_outcome(outcome: RunOutcome, metrics: Sequence[str] | None) -> None:
 
 def print_runs(runs: Sequence[RunInfo]) -> None:
     table = Table(title="runs")
-    for column in ("run id", "experiment", "status", "done", "variants", "tenants"):
+    table.add_column("run id", no_wrap=True)
+    for column in ("experiment", "status", "done", "variants", "tenants"):
         table.add_column(column)
     for run in runs:
         table.add_row(run.run_id, run.experiment, run.status, f"{run.done}/{run.total}",

@@ -241,7 +241,8 @@ def _print_gate(report: GateReport) -> None:
             if not cases:
                 continue
             shown = ", ".join(
-                f"{c} {changes[c][0]:.3f}->{changes[c][1]:.3f}" if c in changes else c
+                c.removesuffix("#0")  # case#repeat; most runs have one repeat
+                + (f" {changes[c][0]:.3f}->{changes[c][1]:.3f}" if c in changes else "")
                 for c in cases[:SHOWN_CASES])
             more = f" ... and {len(cases) - SHOWN_CASES} more" if len(cases) > SHOWN_CASES else ""
             console.print(f"    {label} ({len(cases)}): {shown}{more}", markup=False)
@@ -279,6 +280,10 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def ui_command(args: argparse.Namespace) -> int:
+    """Run `mlflow server` on 127.0.0.1 until Ctrl-C or SIGTERM; the server runs in its own
+    process group (it starts job-runner children), which is stopped as a whole."""
+    import signal
+
     import httpx
 
     tracker = _tracker(args)
@@ -289,7 +294,15 @@ def ui_command(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{args.port}"
     print(f"starting the MLflow UI on {url} for {tracker.tracking_uri} "
           "(it takes about 20 s to answer)...", file=sys.stderr)
-    process = subprocess.Popen(tracker.server_command(args.port))
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    # A local viewer needs no job runners (GenAI evaluation jobs: ~7 processes, ~2 GB).
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    process = subprocess.Popen(tracker.server_command(args.port), env=env,
+                               start_new_session=True)
     try:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
@@ -310,12 +323,23 @@ def ui_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _stop_group(process)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)  # the server's own group (start_new_session)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -23,6 +23,9 @@ from typing import Literal
 
 from starlette.requests import HTTPConnection
 
+from rag.errors import TenantIdError
+from rag.tenancy import validate_tenant_id
+
 SESSION_COOKIE = "tg_session"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -142,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tenants = list(sys.argv[1:] if argv is None else argv)
     if not tenants:
         print("usage: python -m guard.web.auth TENANT [TENANT...]", file=sys.stderr)
+        return 2
+    try:
+        for tenant in tenants:
+            validate_tenant_id(tenant)
+    except TenantIdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     token = secrets.token_urlsafe(32)
     quoted = ", ".join(f'"{t}"' for t in tenants)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,13 @@ class MiniLMEmbedder:
 _TOKEN = re.compile(r"\w+")
 
 
+@lru_cache(maxsize=1 << 18)
+def _hashed(token: str, dimension: int) -> tuple[int, float]:
+    """A token's bucket and sign: stable across processes (unlike Python's `hash`)."""
+    digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little") % dimension, 1.0 if digest[4] & 1 else -1.0
+
+
 class HashingEmbedder:
     """Deterministic bag-of-words hashing into a fixed dimension. For fast unit tests only."""
 
@@ -79,9 +87,8 @@ class HashingEmbedder:
     def _vector(self, text: str) -> np.ndarray[Any, Any]:
         vec = np.zeros(self.dimension, dtype=np.float32)
         for token in _TOKEN.findall(text.lower()):
-            digest = hashlib.blake2b(token.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self.dimension
-            vec[bucket] += 1.0 if digest[4] & 1 else -1.0
+            bucket, sign = _hashed(token, self.dimension)
+            vec[bucket] += sign
         return vec
 
     async def embed(self, texts: Sequence[str], kind: EmbedKind = "passage") -> Vectors:

@@ -119,6 +119,10 @@ class OpenAICompatibleProvider:
             error = translate_error(exc)
             _log_failure(self, started, error)
             raise error from exc
+        except json.JSONDecodeError as exc:  # the SDK lets a body or event that is not JSON out
+            error = RetryableProviderError(f"the chat endpoint's reply is not valid JSON: {exc}")
+            _log_failure(self, started, error)
+            raise error from exc
         except ProviderError as error:
             _log_failure(self, started, error)
             raise

@@ -48,7 +48,9 @@ TENANT_SETS = {"all": ["hr", "it"], "hr": ["hr"], "it": ["it"]}
 @contextmanager
 def serve_in_thread(app: ASGIApp, lifespan: str = "on") -> Iterator[str]:
     """Run `app` under uvicorn in a thread on a free loopback port; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+    # with proto 0 every keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan=lifespan,

@@ -10,12 +10,16 @@ two runs of the same cases score the same.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from guard.cache import ResponseCache
 from guard.domain import CaseResult, Context, Event, SutResponse
@@ -197,9 +201,10 @@ async def run_engine(
     cache: ResponseCache | None = None,
     engine_ready: Callable[[RunEngine], None] | None = None,
     check_journal_first: bool = False,
+    log: EventLog | None = None,
 ) -> Outcome:
     """Open the journal, run (or resume) the cases, close it; return what was heard."""
-    log = EventLog(journal_path if check_journal_first else None)
+    log = log or EventLog(journal_path if check_journal_first else None)
     journal = Journal.open(journal_path, "run-test")
     try:
         engine = RunEngine(journal, cache, listeners=[log])
@@ -209,3 +214,22 @@ async def run_engine(
     finally:
         journal.close()
     return Outcome(status, log, list(read_results(journal_path)))
+
+
+@contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[Path]:
+    """Mount a tmpfs on `folder` for the block; skip the test where mounting is not allowed.
+
+    Root ignores permission bits, so a read-only or full file system is the honest way to make
+    a journal unwritable: `options` such as "ro,size=64k" or "size=64k".
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'}), "
+                    "so read-only and full-disk journals are not exercised")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

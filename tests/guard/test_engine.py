@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from fakes import (
     Answer,
     Bug,
+    EventLog,
     Fail,
     Flaky,
     Hang,
@@ -22,6 +24,7 @@ from fakes import (
     make_cases,
     run_engine,
     settings,
+    tmpfs,
 )
 
 from guard.cache import ResponseCache, cache_key
@@ -29,6 +32,7 @@ from guard.domain import CaseStatus, Event
 from guard.engine import RunEngine, Variant, _prompt
 from guard.journal import CASE_FINISHED, read_events
 from guard.limits import RateLimiter, RetryPolicy
+from rag.errors import StorageError
 
 
 def as_json(event: Event) -> dict[str, Any]:
@@ -335,3 +339,24 @@ def test_progress_events_report_counts_and_means(journal_path: Path) -> None:
     last = outcome.log.of_type("progress")[-1].data
     assert (last["done"], last["total"], last["errors"]) == (5, 5, 1)
     assert "v/answer.f1" in last["means"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tmpfs mounts are Linux only")
+def test_a_full_disk_stops_the_run_with_a_storage_error_and_a_sound_journal(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "small", "size=64k") as folder:
+        path = folder / "journal.jsonl"
+        system = ScriptedSystem(default=Answer(doc_ids=tuple(f"doc-{i}" for i in range(12))))
+        log = EventLog(path)
+
+        with pytest.raises(StorageError, match="the disk is full"):
+            asyncio.run(run_engine(path, make_cases(400), [Variant("v", system, settings())],
+                                   log=log))
+
+        events = list(read_events(path))
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+        assert log.heard_before_journaled == []
+        assert [e.id for e in log.events] == [e.id for e in events][: len(log.events)]
+        assert 0 < sum(e.type == CASE_FINISHED for e in events) < 400
+        assert len(system.calls) < 400  # it stopped, rather than failing every case

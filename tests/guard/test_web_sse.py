@@ -107,8 +107,8 @@ def test_a_run_started_by_the_cli_in_another_process_streams_live(dashboard: Das
     env = {**os.environ, "TRUTHGUARD_DATA": str(dashboard.data_dir)}
     process = subprocess.Popen(
         [str(dashboard.guard_cli), "run", str(dashboard.experiments_dir / "cli.toml"),
-         "--no-cache"],
-        cwd=dashboard.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--no-cache", "--no-mlflow"],
+        cwd=dashboard.data_dir.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         run_id = None

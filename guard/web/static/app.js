@@ -68,6 +68,7 @@ async function showApp() {
   $("#who").textContent = `tenants: ${session.tenants.join(", ")}`;
   const { experiments, demo } = await api("/api/experiments");
   $("#experiment").replaceChildren(...experiments.map((name) => el("option", { value: name }, name)));
+  if (experiments.includes(demo)) $("#experiment").value = demo;
   $("#start-demo").disabled = !experiments.includes(demo);
   $("#start-demo").dataset.spec = demo;
   await loadRuns();
@@ -186,6 +187,8 @@ function showProgress(p) {
   $("#bar").style.width = `${pct}%`;
   $("#progress").dataset.percent = String(pct);
   $("#bar-label").textContent = `${state.done} / ${state.total} cases (${pct} %)`;
+  const row = document.querySelector(`#runs tr[data-run-id="${state.runId}"] td:last-child`);
+  if (row) row.textContent = `${state.done}/${state.total}`;
   if (p.eta_s !== undefined) $("#stat-eta").textContent = pct >= 100 ? "done" : seconds(p.eta_s);
   if (p.throughput_per_s != null) $("#stat-throughput").textContent = `${fmt(p.throughput_per_s, 2)} cases/s`;
   if (p.elapsed_s != null) $("#stat-elapsed").textContent = seconds(p.elapsed_s);
@@ -217,7 +220,7 @@ function renderMetrics(summary) {
 }
 
 function drawChart(variants, metrics, byKey) {
-  const width = 760, height = 260, left = 36, bottom = 70, top = 12;
+  const width = 760, height = 270, left = 64, bottom = 78, top = 12;
   const plotH = height - bottom - top;
   const groupW = (width - left) / Math.max(1, metrics.length);
   const barW = Math.min(26, (groupW - 10) / Math.max(1, variants.length));
@@ -226,7 +229,7 @@ function drawChart(variants, metrics, byKey) {
     "aria-label": "metric means per variant with confidence intervals" });
   for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
     chart.append(svg("line", { x1: left, x2: width, y1: y(tick), y2: y(tick), stroke: "#e3e6ec" }),
-      svg("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" }, tick));
+      svg("text", { x: left - 30, y: y(tick) + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" }, tick));
   }
   metrics.forEach((metric, i) => {
     const x0 = left + i * groupW + (groupW - barW * variants.length) / 2;
