@@ -7,10 +7,13 @@ per case is kept after it is journaled except running sums for progress (a resum
 keeps the keys of the cases it skips). Case ids must be unique within `cases`, as the dataset
 loader guarantees.
 
+CPU-bound scoring (ragas' non-LLM metrics cost a few ms a case) can run in a process pool
+passed as `score_pool`, so the loop only does I/O; the judge's calls stay on the loop.
+
 Events are written by group commit (`_Publisher`): each is appended to the journal as it
 happens, a worker thread fsyncs the batch of case results that finished meanwhile, and only
-then do listeners hear of them, in id order. One fsync covers many cases, and the event loop
-never waits on the disk, yet no case result is heard of before it is on disk.
+then do listeners hear of them, in id order. One fsync covers many cases, and neither the
+event loop nor a worker waits for one, yet no case result is heard of before it is on disk.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +35,7 @@ from guard.golden import GoldenCase
 from guard.journal import CASE_FINISHED, Journal, read_events
 from guard.limits import RateLimiter, RetryPolicy
 from guard.ports import SystemUnderTest
-from guard.scoring import Judge, score_case
+from guard.scoring import Judge, Scores, score_case
 from rag.errors import RetryableProviderError, TruthGuardError
 
 Listener = Callable[[Event], None]
@@ -113,36 +118,49 @@ class _Publisher:
 
     `publish` appends an event to the journal at once (ids stay in call order). A background
     task takes everything appended since its last round, fsyncs it in a worker thread when it
-    holds a durable event, and only then hands each event to the listeners, in order, and
-    resolves the futures of durable events. A failure (disk, or a listener raising) stops the
-    publisher; every later call and every waiting caller gets the error.
+    holds a durable event, and only then hands each event to the listeners, in order. A caller
+    need not wait for that (a worker goes on to its next case); `commit` does. A failure (disk,
+    or a listener raising) stops the publisher; every later call and every waiting caller gets
+    the error.
     """
+
+    max_pending = 1000  # appended but not yet synced: past this, `throttle` makes callers wait
 
     def __init__(self, journal: Journal, listeners: Sequence[Listener]) -> None:
         self._journal = journal
         self._listeners = listeners
-        self._pending: list[tuple[Event, asyncio.Future[Event] | None]] = []
+        self._pending: list[tuple[Event, bool, asyncio.Future[Event] | None]] = []
         self._wake = asyncio.Event()
+        self._round_done = asyncio.Event()
         self._closing = False
         self._error: BaseException | None = None
         self._task = asyncio.create_task(self._rounds(), name=f"journal {journal.run_id}")
 
-    def publish(self, type_: str, data: dict[str, Any], durable: bool = False) -> (
-        asyncio.Future[Event] | None
-    ):
+    def publish(
+        self, type_: str, data: dict[str, Any], durable: bool = False, *,
+        future: asyncio.Future[Event] | None = None,
+    ) -> None:
+        """Append an event now; listeners hear of it once it (and, if durable, its fsync) is
+        done. `future`, if given, gets the event then, or the error that stopped it."""
         if self._error is not None:
             raise self._error
         event = self._journal.append(type_, data)
-        future = asyncio.get_running_loop().create_future() if durable else None
-        self._pending.append((event, future))
+        self._pending.append((event, durable, future))
         self._wake.set()
-        return future
 
     async def commit(self, type_: str, data: dict[str, Any]) -> Event:
         """Append an event; return once it is on disk and every listener has heard of it."""
-        future = self.publish(type_, data, durable=True)
-        assert future is not None
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self.publish(type_, data, durable=True, future=future)
         return await future
+
+    async def throttle(self) -> None:
+        """Wait while too much is pending (a disk slower than the cases)."""
+        while len(self._pending) > self.max_pending and self._error is None:
+            self._round_done.clear()
+            await self._round_done.wait()
+        if self._error is not None:
+            raise self._error
 
     async def _rounds(self) -> None:
         while not (self._closing and not self._pending):
@@ -150,9 +168,9 @@ class _Publisher:
             self._wake.clear()
             batch, self._pending = self._pending, []
             try:
-                if any(future is not None for _, future in batch):
+                if any(durable for _, durable, _ in batch):
                     await asyncio.to_thread(self._journal.sync)
-                for event, future in batch:
+                for event, _, future in batch:
                     for listener in self._listeners:
                         listener(event)
                     if future is not None and not future.done():
@@ -160,11 +178,13 @@ class _Publisher:
             except Exception as exc:
                 self._fail(exc, batch + self._pending)
                 return
+            finally:
+                self._round_done.set()
 
-    def _fail(self, error: Exception, waiting: list[tuple[Event, asyncio.Future[Event] | None]]
-              ) -> None:
+    def _fail(self, error: Exception,
+              waiting: list[tuple[Event, bool, asyncio.Future[Event] | None]]) -> None:
         self._error = error
-        for _, future in waiting:
+        for _, _, future in waiting:
             if future is not None and not future.done():
                 future.set_exception(error)
 
@@ -185,11 +205,15 @@ class RunEngine:
         judge: Judge | None = None,
         listeners: Sequence[Listener] = (),
         seed: int = 0,
+        score_pool: Executor | None = None,
     ) -> None:
+        """`score_pool`: where to run the CPU-bound metrics (a `ProcessPoolExecutor` takes
+        them off this process's GIL); None scores on the event loop."""
         self.journal = journal
         self.cache = cache
         self.judge = judge
         self.listeners = list(listeners)
+        self.score_pool = score_pool
         self._rng = random.Random(seed)
         self._cancelled = False
         self._workers: set[asyncio.Task[None]] = set()
@@ -271,7 +295,9 @@ class RunEngine:
                 return
             result = await self._case(variant, case, repeat, limiter, progress)
             progress.add(result)
-            await self._publisher.commit(CASE_FINISHED, result.to_dict())
+            # Durable: listeners hear of it after its fsync; this worker need not wait for it.
+            self._publisher.publish(CASE_FINISHED, result.to_dict(), durable=True)
+            await self._publisher.throttle()
             now = time.monotonic()
             if now - progress.last_emit >= variant.settings.progress_interval_s:
                 progress.last_emit = now
@@ -302,8 +328,7 @@ class RunEngine:
                         await self.cache.put(key, response)
                 answered = response
                 metrics, _ = await self._retrying(
-                    variant, case, progress,
-                    lambda: score_case(case, answered, settings.ks, self.judge, settings.ragas),
+                    variant, case, progress, lambda: self._score(case, answered, settings),
                 )
         except TimeoutError:
             status, error = CaseStatus.TIMEOUT, f"no answer within {settings.timeout_s:g} s"
@@ -333,6 +358,17 @@ class RunEngine:
             cached=cached,
             finished_at=time.time(),
         )
+
+    async def _score(self, case: GoldenCase, response: SutResponse, settings: RunSettings
+                     ) -> Scores:
+        if self.score_pool is None:
+            return await score_case(case, response, settings.ks, self.judge, settings.ragas)
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self.score_pool, score_offline, case, response,
+                                            tuple(settings.ks), settings.ragas)
+        if self.judge is not None:
+            scores.update(await self.judge.score(case, response))
+        return scores
 
     async def _ask(
         self, variant: Variant, case: GoldenCase, limiter: RateLimiter, progress: _Progress,
@@ -374,6 +410,19 @@ class RunEngine:
                                      "attempt": attempt, "error": str(exc),
                                      "retry_after": exc.retry_after, "wait_s": round(delay, 3)})
                 await asyncio.sleep(delay)
+
+
+_worker_state = threading.local()
+
+
+def score_offline(
+    case: GoldenCase, response: SutResponse, ks: tuple[int, ...], ragas: bool
+) -> Scores:
+    """Every metric but the judge's, in a pool worker (process or thread): its own loop."""
+    loop = getattr(_worker_state, "loop", None)
+    if loop is None:
+        loop = _worker_state.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(score_case(case, response, ks, None, ragas))
 
 
 def finished_keys(journal: Path) -> set[Key]:

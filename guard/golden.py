@@ -273,6 +273,8 @@ def load_tools(path: str | Path) -> tuple[dict[str, Any], ...]:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc.msg}", location=f"{path}:{exc.lineno}") from exc
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", location=str(path)) from None
     if not isinstance(raw, list):
         raise InputError("a tools file holds a JSON list of function schemas", location=str(path))
     problems = _Problems(str(path))
@@ -528,6 +530,8 @@ def iter_json_lines(path: str | Path) -> Iterator[JsonLine]:
                 yield JsonLine(where, json.loads(text.rstrip("\r\n")), None)
             except json.JSONDecodeError as exc:
                 yield JsonLine(where, None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+            except RecursionError:
+                yield JsonLine(where, None, "invalid JSON: nested too deeply")
 
 
 def _open_binary(path: Path) -> io.BufferedReader:
@@ -566,18 +570,24 @@ def _jsonl_rows(path: Path) -> list[_Row]:
 
 def _csv_rows(path: Path) -> list[_Row]:
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InputError(f"unreadable CSV header: {exc}", location=f"{path}:1") from None
     if len(set(header)) != len(header):
         raise InputError("the header names a column twice", location=f"{path}:1")
     rows: list[_Row] = []
     line = 2  # where the next record starts: line 1 is the header
-    for record in reader:
-        where = f"{path}:{line}"
-        line = reader.line_num + 1
-        if None in record:
-            rows.append(_Row(where, None, ((where, "more cells than the header has columns"),)))
-        else:
-            rows.append(_decode_cells(where, record, from_text=True))
+    try:
+        for record in reader:
+            where = f"{path}:{line}"
+            line = reader.line_num + 1
+            if None in record:
+                rows.append(_Row(where, None, ((where, "more cells than the header has columns"),)))
+            else:
+                rows.append(_decode_cells(where, record, from_text=True))
+    except csv.Error as exc:  # a cell past the csv module's size limit, say
+        raise InputError(f"unreadable CSV: {exc}", location=f"{path}:{line}") from None
     return rows
 
 
@@ -612,6 +622,8 @@ def _decode_cells(where: str, record: Mapping[str | None, Any], *, from_text: bo
             except json.JSONDecodeError as exc:
                 message = f'this cell must hold JSON, e.g. ["a", "b"] ({exc.msg})'
                 unreadable.append((f"{where}: field '{column}'", message))
+            except RecursionError:
+                unreadable.append((f"{where}: field '{column}'", "JSON nested too deeply"))
         elif column == "is_impossible" and isinstance(cell, str):
             out[column] = _BOOL_TEXT.get(cell.strip().lower(), cell)
         else:

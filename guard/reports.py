@@ -197,7 +197,9 @@ def plot_tags(slices: pd.DataFrame, metrics: Sequence[str], variants: Sequence[s
                   for i, t in enumerate(tags) if t in rows.index]
             ys = [float(rows.loc[t, "mean"]) for t in tags if t in rows.index]
             axes.bar(xs, ys, width=width, color=_color(v_index), label=variant)
-        axes.set_xticks(range(len(tags)), labels=tags, rotation=30, ha="right", fontsize="small")
+        labels = [f"{t} ({int(counts[t])})" for t in tags]  # cases with the tag
+        axes.set_xticks(range(len(tags)), labels=labels, rotation=30, ha="right",
+                        fontsize="small")
         axes.set_title(metric, fontsize="medium")
         axes.grid(axis="y", alpha=0.3)
         if p_index == 0:

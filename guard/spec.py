@@ -147,6 +147,8 @@ class ExperimentSpec(_Strict):
     @model_validator(mode="after")
     def _unique_variants(self) -> ExperimentSpec:
         names = [v.name for v in self.expanded_variants()]
+        if not names:
+            raise ValueError("the variants expand to none: a matrix list is empty")
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
@@ -162,8 +164,12 @@ class ExperimentSpec(_Strict):
             keys = sorted(variant.matrix)
             for values in itertools.product(*(variant.matrix[k] for k in keys)):
                 chosen = dict(zip(keys, values, strict=True))
-                name = variant.name.format(**chosen) if "{" in variant.name else (
-                    variant.name + "-" + "-".join(f"{k}={v}" for k, v in chosen.items()))
+                try:
+                    name = variant.name.format(**chosen) if "{" in variant.name else (
+                        variant.name + "-" + "-".join(f"{k}={v}" for k, v in chosen.items()))
+                except (KeyError, IndexError, AttributeError) as exc:
+                    raise ValueError(f"variant name {variant.name!r}: a placeholder names no "
+                                     f"matrix key ({', '.join(keys)}): {exc!r}") from None
                 data = {**variant.model_dump(), **chosen, "name": name, "matrix": {}}
                 out.append(VariantSpec.model_validate(data))
         return out
@@ -198,6 +204,8 @@ def load_spec(path: Path) -> ExperimentSpec:
         raise InputError(f"cannot read experiment spec: {exc}", location=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"invalid TOML: {exc}", location=str(path)) from None
+    except RecursionError:
+        raise InputError("invalid TOML: nested too deeply", location=str(path)) from None
     return parse_spec(raw, str(path), Path(path).resolve().parent)
 
 

@@ -155,6 +155,8 @@ def parse_config(text: str, source: str, base_dir: Path) -> RagConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"invalid TOML: {exc}", location=source) from None
+    except RecursionError:
+        raise InputError("invalid TOML: nested too deeply", location=source) from None
     return config_from_dict(raw, source, base_dir)
 
 

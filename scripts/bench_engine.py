@@ -2,35 +2,40 @@
 
 Usage:
     .venv/bin/python scripts/bench_engine.py [--cases 2000] [--concurrency 64] [--delay-ms 200]
-        [--memory-cases 5000 50000] [--skip-ragas-evaluate] [--skip-memory] [--profile]
+        [--score-workers 1] [--memory-cases 5000 50000] [--skip-speed] [--skip-memory]
+        [--skip-ragas-evaluate] [--profile]
 
 What it prints
 --------------
-1. Speed: `--cases` synthetic golden cases through `RunEngine` with the `openai` system
-   (`OpenAIEndpointSystem`, the official client) against an endpoint in a separate process
+1. Speed: `--cases` synthetic golden cases against an endpoint in a separate process
    (Starlette + uvicorn) that answers every `/v1/chat/completions` after `--delay-ms` with a
-   fixed completion carrying the `truthguard` extra field (five contexts), at `--concurrency`.
-   Runs with ragas' non-LLM metrics off and on. For each: wall time, the ideal
-   (cases x delay / concurrency), their ratio (target <= 1.1) and throughput. A plain asyncio
-   loop sending the same requests through the same client (no engine, no scoring, no journal)
-   is printed first: it is the client's own ceiling, so the engine's overhead is the gap
-   between the two.
+   fixed completion carrying `rag serve`'s `truthguard` extra field (five contexts), at
+   `--concurrency`, through the `openai` system (`OpenAIEndpointSystem`, the official client).
+   Each row: wall time, ratio to the ideal (cases x delay / concurrency; target <= 1.1),
+   throughput, this process's CPU per case, and the endpoint process's CPU per request. Rows:
+   - plain loop: the same requests through the same client, no engine, no scoring, no
+     journal: the client's own ceiling; the engine's overhead is the gap to it;
+   - engine with ragas' non-LLM metrics off, on (scored on the event loop), and on with a
+     scoring process pool (`RunEngine(score_pool=...)`, `--score-workers` processes);
+   - the same with the SDK's aiohttp transport (`openai.DefaultAioHttpClient`) in place of
+     the adapter's httpx2 client: DESIGN.md asks to measure a lighter backend if the pinned
+     client offers one; it does, and the adapter does not use it (yet).
 2. ragas' own `evaluate()` on the same cases and metrics. ragas cannot call a system under
    test; it scores a dataset that already holds the responses. The fair equivalent of one
-   engine run is therefore: fetch every response from the same endpoint with a plain asyncio
-   loop (same client, same concurrency), then `ragas.evaluate()` over an `EvaluationDataset`
-   of those responses with the same non-LLM metrics (BLEU, ROUGE-L, chrF, string similarity,
-   exact match, string presence, non-LLM context precision and recall; ragas' LLM metrics
-   need a judge model, which this endpoint is not). Both phases are timed and summed, and set
-   against the engine's ragas-on run, which does the same work and also journals every case.
+   engine run is therefore: fetch every response from the same endpoint with the plain loop
+   (same client, same concurrency; its time is row one), then `ragas.evaluate()` over an
+   `EvaluationDataset` of those responses with the same non-LLM metrics (BLEU, ROUGE-L, chrF,
+   string similarity, exact match, string presence, non-LLM context precision and recall;
+   ragas' LLM metrics need a judge model, which this endpoint is not). The sum is set against
+   the engine's ragas-on runs, which do the same work and also journal every case.
 3. Memory: the engine over 5k and 50k cases (`--memory-cases`) with an instant fake system, each
    in its own process, printing each peak RSS (`ru_maxrss`) and the ratio (target < 1.3). The
    cases come from a lazy sequence, so the figure is what the engine holds, not the dataset
    (a materialised dataset is the caller's memory and grows with it, by design).
 
-`--profile` adds a cProfile of the ragas-on engine run (top functions by cumulative time).
-The endpoint and the client share the machine: on 2 cores the endpoint's own CPU (uvicorn, h11)
-competes with the engine's, so the ratio is a conservative figure.
+`--profile` adds a cProfile of the engine run that scores ragas on the loop. The endpoint, the
+scoring pool and the engine share the machine's cores (and, here, other people's jobs: the load
+average is printed), so wall-time ratios are conservative; CPU per case is the steadier figure.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import asyncio
 import cProfile
 import io
 import json
+import multiprocessing
 import os
 import pstats
 import resource
@@ -50,6 +56,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -58,7 +65,7 @@ os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from guard.domain import CaseStatus, Context, SutResponse
-from guard.engine import RunEngine, RunSettings, Variant
+from guard.engine import RunEngine, RunSettings, Variant, score_offline
 from guard.golden import GoldenCase
 from guard.journal import Journal, read_results
 
@@ -140,6 +147,15 @@ class Endpoint:
             self._process.terminate()
             self._process.wait(timeout=10)
 
+    def cpu_s(self) -> float:
+        """The endpoint process's CPU time so far (Linux; 0 elsewhere)."""
+        assert self._process is not None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _wait_for_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
@@ -197,22 +213,70 @@ class LazyCases(Sequence[GoldenCase]):
 # --------------------------------------------------------------------------- speed
 
 
+@dataclass(frozen=True)
+class Setup:
+    """One timed configuration: the plain loop or the engine, its HTTP backend, its scoring."""
+
+    label: str
+    backend: str  # "httpx2": the adapter's own client; "aiohttp": the SDK's aiohttp backend
+    engine: bool = True
+    ragas: bool = False
+    pool: bool = False  # score in a process pool (`RunEngine(score_pool=...)`)
+
+
+SETUPS = (
+    Setup("plain loop, adapter's client", "httpx2", engine=False),
+    Setup("plain loop, aiohttp backend", "aiohttp", engine=False),
+    Setup("engine, ragas off", "httpx2"),
+    Setup("engine, ragas on", "httpx2", ragas=True),
+    Setup("engine, ragas on, score pool", "httpx2", ragas=True, pool=True),
+    Setup("engine+aiohttp, ragas off", "aiohttp"),
+    Setup("engine+aiohttp, ragas on, pool", "aiohttp", ragas=True, pool=True),
+)
+
+
 @dataclass
 class Timing:
     label: str
     wall_s: float
+    cpu_s: float  # this process's CPU time, every thread (not the pool's workers)
     cases: int
 
     def line(self, ideal_s: float) -> str:
-        return (f"{self.label:<34} wall {self.wall_s:7.2f} s   ideal {ideal_s:5.2f} s   "
-                f"ratio {self.wall_s / ideal_s:5.3f}   {self.cases / self.wall_s:7.1f} cases/s")
+        return (f"{self.label:<31} wall {self.wall_s:6.2f} s  ratio {self.wall_s / ideal_s:5.3f}"
+                f"  {self.cases / self.wall_s:6.1f} cases/s  "
+                f"cpu {self.cpu_s * 1000 / self.cases:4.2f} ms/case")
 
 
-def openai_system(base_url: str, concurrency: int) -> Any:
+class Clock:
+    """Wall and process CPU time of a `with` block."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._wall
+        self.cpu_s = time.process_time() - self._cpu
+
+
+def openai_system(base_url: str, concurrency: int, backend: str) -> Any:
+    """The `openai` system under test, as `guard.bootstrap` builds it; with `aiohttp`, the
+    same adapter over the SDK's aiohttp transport (what `_build_client` could build)."""
+    import httpx2
+    import openai
+
     from guard.adapters.openai_sut import OpenAIEndpointSystem
 
-    return OpenAIEndpointSystem(base_url, MODEL, "not-needed", timeout=60,
-                                max_connections=concurrency)
+    system = OpenAIEndpointSystem(base_url, MODEL, "not-needed", timeout=60,
+                                  max_connections=concurrency)
+    if backend == "aiohttp":
+        limits = httpx2.Limits(max_connections=concurrency,
+                               max_keepalive_connections=concurrency)
+        http_client = openai.DefaultAioHttpClient(limits=limits, timeout=60)
+        system._client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed",
+                                            max_retries=0, timeout=60, http_client=http_client)
+    return system
 
 
 async def warm_up(system: Any, concurrency: int) -> None:
@@ -224,52 +288,59 @@ async def warm_up(system: Any, concurrency: int) -> None:
     await asyncio.gather(*(system.respond(make_case(i)) for i in range(concurrency)))
 
 
-async def fetch_all(
-    cases: Sequence[GoldenCase], base_url: str, concurrency: int
-) -> tuple[float, list[SutResponse]]:
-    """The plain loop: every case through the same client, `concurrency` at a time."""
-    system = openai_system(base_url, concurrency)
+async def plain_loop(
+    cases: Sequence[GoldenCase], system: Any, concurrency: int, clock: Clock
+) -> list[SutResponse]:
+    """Every case through the client, `concurrency` at a time: no engine, scoring or journal."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(case: GoldenCase) -> SutResponse:
+        async with gate:
+            response: SutResponse = await system.respond(case)
+            return response
+
+    with clock:
+        return list(await asyncio.gather(*(one(c) for c in cases)))
+
+
+async def engine_loop(
+    cases: Sequence[GoldenCase], system: Any, setup: Setup, concurrency: int, folder: Path,
+    pool: Executor | None, clock: Clock, profiler: cProfile.Profile | None,
+) -> None:
+    journal = Journal.open(folder / f"journal-{SETUPS.index(setup)}.jsonl", "bench")
     try:
-        await warm_up(system, concurrency)
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(case: GoldenCase) -> SutResponse:
-            async with gate:
-                response: SutResponse = await system.respond(case)
-                return response
-
-        started = time.perf_counter()
-        responses = await asyncio.gather(*(one(c) for c in cases))
-        return time.perf_counter() - started, list(responses)
-    finally:
-        await system.aclose()
-
-
-async def engine_run(
-    cases: Sequence[GoldenCase], base_url: str, concurrency: int, ragas: bool, folder: Path,
-    profile: bool = False,
-) -> float:
-    """One engine run over `cases`; returns its wall time and checks every case was scored."""
-    system = openai_system(base_url, concurrency)
-    journal = Journal.open(folder / f"journal-{ragas}.jsonl", "bench")
-    try:
-        await warm_up(system, concurrency)
-        engine = RunEngine(journal)
-        settings = RunSettings(concurrency=concurrency, timeout_s=60, ragas=ragas)
-        profiler = cProfile.Profile() if profile else None
-        started = time.perf_counter()
-        if profiler:
-            profiler.enable()
-        await engine.run(cases, [Variant("bench", system, settings)], {"experiment": "bench"})
-        wall = time.perf_counter() - started
-        if profiler:
-            profiler.disable()
-            print_profile(profiler)
+        engine = RunEngine(journal, score_pool=pool if setup.pool else None)
+        settings = RunSettings(concurrency=concurrency, timeout_s=60, ragas=setup.ragas)
+        with clock:
+            if profiler:
+                profiler.enable()
+            await engine.run(cases, [Variant("bench", system, settings)], {})
+            if profiler:
+                profiler.disable()
     finally:
         journal.close()
-        await system.aclose()
     _check_all_scored(journal.path, len(cases))
-    return wall
+
+
+async def timed(
+    setup: Setup, cases: Sequence[GoldenCase], args: argparse.Namespace, base_url: str,
+    folder: Path, pool: Executor | None,
+) -> tuple[Timing, list[SutResponse]]:
+    system = openai_system(base_url, args.concurrency, setup.backend)
+    clock, responses = Clock(), []
+    profiler = cProfile.Profile() if args.profile and setup.ragas and not setup.pool else None
+    try:
+        await warm_up(system, args.concurrency)
+        if setup.engine:
+            await engine_loop(cases, system, setup, args.concurrency, folder, pool, clock,
+                              profiler)
+        else:
+            responses = await plain_loop(cases, system, args.concurrency, clock)
+    finally:
+        await system.aclose()
+    if profiler:
+        print_profile(profiler)
+    return Timing(setup.label, clock.wall_s, clock.cpu_s, len(cases)), responses
 
 
 def _check_all_scored(path: Path, expected: int) -> None:
@@ -283,12 +354,24 @@ def _check_all_scored(path: Path, expected: int) -> None:
 def print_profile(profiler: cProfile.Profile, top: int = 25) -> None:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
-    print("\nprofile of the ragas-on engine run (top by own time):")
-    print("\n".join(out.getvalue().splitlines()[:top + 12]))
+    print("\nprofile of the engine run with ragas on the loop (top by own time; the profiler"
+          " itself slows it):")
+    print("\n".join(out.getvalue().splitlines()[:top + 12]) + "\n")
 
 
-def ragas_evaluate(cases: Sequence[GoldenCase], responses: Sequence[SutResponse]) -> float:
-    """ragas' own `evaluate()` with the same non-LLM metrics; returns its wall time."""
+def score_pool(workers: int) -> Executor:
+    """A process pool for scoring, its workers started and ragas imported in each."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    response = InstantSystem().response
+    warm = [pool.submit(score_offline, make_case(i), response, (1, 3, 5, 10), True)
+            for i in range(4 * workers)]
+    for future in warm:
+        future.result()
+    return pool
+
+
+def ragas_evaluate(cases: Sequence[GoldenCase], responses: Sequence[SutResponse]) -> Clock:
+    """ragas' own `evaluate()` with the same non-LLM metrics, timed."""
     from ragas import EvaluationDataset, evaluate
     from ragas.dataset_schema import SingleTurnSample
 
@@ -315,30 +398,54 @@ def ragas_evaluate(cases: Sequence[GoldenCase], responses: Sequence[SutResponse]
     metrics = [BleuScore(), RougeScore(rouge_type="rougeL", mode="fmeasure"), ChrfScore(),
                NonLLMStringSimilarity(), ExactMatch(), StringPresence(),
                NonLLMContextPrecisionWithReference(), NonLLMContextRecall()]
-    started = time.perf_counter()
-    evaluate(EvaluationDataset(samples=samples), metrics=metrics, show_progress=False,
-             raise_exceptions=True)
-    return time.perf_counter() - started
+    with Clock() as clock:
+        evaluate(EvaluationDataset(samples=samples), metrics=metrics, show_progress=False,
+                 raise_exceptions=True)
+    return clock
 
 
 def speed(args: argparse.Namespace) -> None:
     cases = [make_case(i) for i in range(args.cases)]
     ideal = args.cases * args.delay_ms / 1000 / args.concurrency
+    print("ratio = wall / ideal; cpu = this process's CPU per case (not the scoring pool's);"
+          " endpoint = the endpoint process's CPU per request, ms")
     print(f"speed: {args.cases} cases, concurrency {args.concurrency}, endpoint delay "
-          f"{args.delay_ms:g} ms, ideal {ideal:.2f} s, {os.cpu_count()} CPUs")
-    with Endpoint(args.delay_ms) as endpoint, tempfile.TemporaryDirectory() as tmp:
-        fetch_s, responses = asyncio.run(fetch_all(cases, endpoint.base_url, args.concurrency))
-        print(Timing("plain loop, same client (ceiling)", fetch_s, args.cases).line(ideal))
-        for ragas in (False, True):
-            wall = asyncio.run(engine_run(cases, endpoint.base_url, args.concurrency, ragas,
-                                          Path(tmp), profile=args.profile and ragas))
-            label = f"engine, ragas non-LLM {'on' if ragas else 'off'}"
-            print(Timing(label, wall, args.cases).line(ideal))
-        if not args.skip_ragas_evaluate:
-            evaluate_s = ragas_evaluate(cases, responses)
-            total = fetch_s + evaluate_s
-            print(f"{'ragas.evaluate() alone':<34} wall {evaluate_s:7.2f} s")
-            print(Timing("plain loop + ragas.evaluate()", total, args.cases).line(ideal))
+          f"{args.delay_ms:g} ms: ideal {args.cases} x {args.delay_ms / 1000:g} / "
+          f"{args.concurrency} = {ideal:.2f} s (target ratio <= 1.1); {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    timings: dict[str, Timing] = {}
+    fetched: list[SutResponse] = []
+    pool = score_pool(args.score_workers)
+    try:
+        with Endpoint(args.delay_ms) as endpoint, tempfile.TemporaryDirectory() as tmp:
+            for setup in SETUPS:
+                served = endpoint.cpu_s()
+                timing, responses = asyncio.run(
+                    timed(setup, cases, args, endpoint.base_url, Path(tmp), pool))
+                fetched = fetched or responses
+                timings[setup.label] = timing
+                served_ms = (endpoint.cpu_s() - served) * 1000 / (len(cases) + args.concurrency)
+                print(f"{timing.line(ideal)}  endpoint {served_ms:4.2f}")
+    finally:
+        pool.shutdown()
+    if not args.skip_ragas_evaluate:
+        compare_with_ragas(cases, fetched, timings, ideal)
+
+
+def compare_with_ragas(
+    cases: Sequence[GoldenCase], responses: Sequence[SutResponse], timings: dict[str, Timing],
+    ideal: float,
+) -> None:
+    fetch = timings[SETUPS[0].label]
+    clock = ragas_evaluate(cases, responses)
+    both = Timing("plain loop + ragas.evaluate()", fetch.wall_s + clock.wall_s,
+                  fetch.cpu_s + clock.cpu_s, len(cases))
+    print(f"\nragas.evaluate() over the fetched responses: wall {clock.wall_s:.2f} s, "
+          f"cpu {clock.cpu_s * 1000 / len(cases):.2f} ms/case")
+    print(both.line(ideal))
+    for label in ("engine, ragas on", "engine, ragas on, score pool"):
+        engine = timings[label]
+        print(f"{label + ' vs that':<31} {engine.wall_s / both.wall_s:5.2f} x the wall time")
 
 
 # --------------------------------------------------------------------------- memory
@@ -352,15 +459,15 @@ class InstantSystem:
     def __init__(self) -> None:
         contexts = tuple(Context(f"doc-{r}#0", f"doc-{r}", CONTEXT_TEXT, 1 / r, r)
                          for r in range(1, 6))
-        self._response = SutResponse(answer=ANSWER, contexts=contexts, prompt_tokens=420,
-                                     completion_tokens=24, model=MODEL)
+        self.response = SutResponse(answer=ANSWER, contexts=contexts, prompt_tokens=420,
+                                    completion_tokens=24, model=MODEL)
 
     def describe(self) -> dict[str, Any]:
         return {"system": "instant"}
 
     async def respond(self, case: GoldenCase) -> SutResponse:
         await asyncio.sleep(0)
-        return self._response
+        return self.response
 
     async def aclose(self) -> None:
         return None
@@ -414,6 +521,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-ragas-evaluate", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--score-workers", type=int, default=1,
+                        help="processes in the scoring pool of the 'pool' setups (default 1)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)

@@ -205,6 +205,7 @@ class MLflowRunTracker:
         params_of = {p["name"]: p for p in manifest.get("variant_params", ())}
         judge_model = spec.judge.model if spec.judge else "none"
         out: dict[str, str] = {}
+        traced: list[tuple[str, list[CaseResult]]] = []
         with self._errors(f"log run {run_id}"):
             for old in self.mlflow_runs(run_id, [experiment_id]):
                 self.client.delete_run(old.info.run_id)
@@ -229,13 +230,15 @@ class MLflowRunTracker:
                 for path in reports:
                     self.client.log_artifact(mlrun_id, str(path), REPORT_DIR)
                 if traces and cases:
-                    self._log_traces(experiment_id, mlrun_id, cases, judge_model)
+                    traced.append((mlrun_id, cases))
                 ended = [float(t) for t in rows.get("finished_at", []) if _finite(t)]
                 status = {"finished": "FINISHED", "cancelled": "KILLED"}.get(outcome.status,
                                                                              "FAILED")
                 self.client.set_terminated(mlrun_id, status=status,
                                            end_time=int(max(ended) * 1000) if ended else None)
                 out[variant] = mlrun_id
+            if traced:
+                self._log_traces(experiment_id, traced, judge_model)
         return out
 
     def log_reports(self, run_id: str, paths: Sequence[Path]) -> int:
@@ -341,11 +344,12 @@ class MLflowRunTracker:
 
     # ----------------------------------------------------------------------- traces
 
-    def _log_traces(self, experiment_id: str, mlrun_id: str, cases: Sequence[CaseResult],
+    def _log_traces(self, experiment_id: str, traced: Sequence[tuple[str, list[CaseResult]]],
                     judge_model: str) -> None:
         with _global_tracking_uri(self.tracking_uri):
-            for result in cases:
-                _case_trace(self.client, experiment_id, mlrun_id, result, judge_model)
+            for mlrun_id, cases in traced:
+                for result in cases:
+                    _case_trace(self.client, experiment_id, mlrun_id, result, judge_model)
 
     # ----------------------------------------------------------------------- reading
 

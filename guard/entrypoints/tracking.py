@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from rag.errors import InputError, TruthGuardError
 if TYPE_CHECKING:
     from guard.adapters.mlflow_tracker import MLflowRunTracker
     from guard.compare import CombinedArchive, Comparison, GateReport
+    from guard.gates import GateResult
     from guard.service import GuardService, RunOutcome
 
 EXIT_OK, EXIT_GATE = 0, 1
@@ -61,8 +62,8 @@ def add_parsers(sub: Any) -> None:
     gate.add_argument("--no-webhook", action="store_true",
                       help="do not POST a failed gate to the spec's webhook_url")
 
-    report = sub.add_parser("report", help="write reports/<run_id>.html and .md and log them "
-                            "to MLflow")
+    report = sub.add_parser("report", help="write reports/<run_id>.html and .md (with the "
+                            "gate results against the baseline) and log them to MLflow")
     report.add_argument("run_id")
     report.add_argument("--out-dir", type=Path, default=REPORTS_DIR)
     report.add_argument("--no-mlflow", action="store_true")
@@ -114,11 +115,11 @@ def _expected_tools(outcome: RunOutcome) -> dict[str, str] | None:
         return None
 
 
-def _write_reports(outcome: RunOutcome, manifest: Mapping[str, Any],
-                   out_dir: Path) -> tuple[Path, Path]:
+def _write_reports(outcome: RunOutcome, manifest: Mapping[str, Any], out_dir: Path,
+                   gates: Sequence[GateResult] | None = None) -> tuple[Path, Path]:
     from guard.reports import build_report, write_report
 
-    report = build_report(outcome, manifest, _expected_tools(outcome))
+    report = build_report(outcome, manifest, _expected_tools(outcome), gates)
     return write_report(report, out_dir)
 
 
@@ -254,12 +255,13 @@ def _print_gate(report: GateReport) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from guard.compare import load_outcome
+    from guard.compare import gate_run, load_outcome
 
     archive = _archive(args, mlflow_first=False)
     outcome = load_outcome(archive, args.run_id)
     manifest = archive.manifest(args.run_id)
-    html_path, md_path = _write_reports(outcome, manifest, args.out_dir)
+    gates = gate_run(archive, args.run_id).results  # floors, and drops against the baseline
+    html_path, md_path = _write_reports(outcome, manifest, args.out_dir, gates)
     print(f"wrote {html_path} and {md_path}")
     if args.no_mlflow:
         return EXIT_OK

@@ -9,6 +9,7 @@ Endpoints (same origin only; errors are `{"error": {"status": int, "message": st
 `GET /api/experiments`           spec names in the experiments folder the caller may run
 `POST /api/runs`                 `{"spec": "demo" | "sub/name.toml", "limit"?, "tags"?}` ->
                                  202 `{"run_id"}`; runs as a task in this server's event loop
+                                 (429 while `max_active_runs` runs are in progress)
 `GET /api/runs`                  visible runs, newest first
 `GET /api/runs/{id}`             means with CIs per variant and metric, status counts, gates,
                                  the last progress event
@@ -94,16 +95,48 @@ class ApiError(Exception):
 
 
 _NOT_FOUND = "run not found"
+_OPEN = ("running", "interrupted")  # statuses of a run that has not ended
 
 
 # journal tailing ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Read:
+    events: list[tuple[int, str, bytes]]  # id, type, the encoded SSE message
+    offset: int  # just past the last complete line read
+    writer_active: bool
+
+
+def _read_journal(path: Path, offset: int, last_id: int) -> _Read:
+    """The complete lines from `offset` on, as SSE messages (ids <= `last_id` skipped).
+    Pure: a caller cancelled while this runs in a thread loses nothing."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            block = fh.read()
+    except FileNotFoundError:
+        return _Read([], offset, False)
+    end = block.rfind(b"\n") + 1  # a line being written has no newline yet: not an event
+    events = []
+    for line in block[:end].splitlines():
+        row = json.loads(line)
+        if row["id"] <= last_id:
+            continue
+        last_id = row["id"]
+        data = json.dumps(row["data"], separators=(",", ":"), ensure_ascii=False)
+        message = ServerSentEvent(data, event=row["type"], id=str(last_id)).encode()
+        events.append((last_id, row["type"], message))
+    # Checked after reading: a run_finished read above is final only if no writer is back.
+    return _Read(events, offset + end, is_being_written(path))
+
+
 class JournalFeed:
     """One run's journal, read incrementally and shared by every stream of that run.
 
-    Only complete lines count (a line being written has no newline yet). Each event is encoded
-    once, as an SSE message, and kept while any stream of the run is open.
+    Each event is encoded once and kept while any stream of the run is open. The stream is
+    finished when the last event is run_finished and no process holds the journal (a resume
+    reopens it).
     """
 
     def __init__(self, path: Path, poll_s: float) -> None:
@@ -122,35 +155,16 @@ class JournalFeed:
         async with self._lock:
             if time.monotonic() - self._last_read < self._poll_s / 2:
                 return  # another stream of this run just looked
+            read = await asyncio.to_thread(_read_journal, self.path, self._offset,
+                                           self.ids[-1] if self.ids else 0)
+            # No await from here on: the read is applied whole or, if cancelled above, not at all.
             self._last_read = time.monotonic()
-            fresh, finished = await asyncio.to_thread(self._read)
-            for event_id, chunk in fresh:
+            self._offset = read.offset
+            for event_id, type_, chunk in read.events:
                 self.ids.append(event_id)
                 self.chunks.append(chunk)
-            self.finished = finished
-
-    def _read(self) -> tuple[list[tuple[int, bytes]], bool]:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                block = fh.read()
-        except FileNotFoundError:
-            return [], False
-        end = block.rfind(b"\n") + 1
-        self._offset += end
-        last = self.ids[-1] if self.ids else 0
-        fresh: list[tuple[int, bytes]] = []
-        for line in block[:end].splitlines():
-            row = json.loads(line)
-            if row["id"] <= last:
-                continue
-            last = row["id"]
-            self._last_type = row["type"]
-            data = json.dumps(row["data"], separators=(",", ":"), ensure_ascii=False)
-            fresh.append((last, ServerSentEvent(data, event=row["type"], id=str(last)).encode()))
-        # Closed only when the run ended and no process holds the journal (a resume may).
-        finished = self._last_type == "run_finished" and not is_being_written(self.path)
-        return fresh, finished
+                self._last_type = type_
+            self.finished = self._last_type == "run_finished" and not read.writer_active
 
 
 class FeedHub:
@@ -244,6 +258,10 @@ class Runner:
 
     def running(self, run_id: str) -> bool:
         return run_id in self._active
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
 
     def cancel(self, run_id: str) -> bool:
         entry = self._active.get(run_id)
@@ -372,7 +390,10 @@ class RunReader:
 def _info_json(info: RunInfo, runner: Runner) -> dict[str, Any]:
     out = asdict(info)
     out["started_here"] = runner.started_here(info.run_id)
-    out["cancellable"] = runner.running(info.run_id)
+    # A run ended once its journal says so, even while its task is still wrapping up.
+    out["cancellable"] = runner.running(info.run_id) and info.status in _OPEN
+    if out["cancellable"]:
+        out["status"] = "running"  # "interrupted" while setting up: no journal open yet
     return out
 
 
@@ -571,6 +592,9 @@ class DashboardApi:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "body"
             raise ApiError(400, f"field '{field}': {first['msg']}") from None
+        if self.runner.active >= self.settings.max_active_runs:
+            raise ApiError(429, f"{self.runner.active} runs are in progress on this server; "
+                           "start another when one has ended", {"Retry-After": "10"})
         path = resolve_spec(self.settings.experiments_dir, body.spec)
         missing = ApiError(404, "no such experiment in the server's experiments folder")
         if path is None:
@@ -631,7 +655,8 @@ class DashboardApi:
         _, run_id = await self.visible_run(request)
         if not self.runner.started_here(run_id):
             raise ApiError(409, "this server did not start the run, so it cannot cancel it")
-        if not self.runner.cancel(run_id):
+        info = await asyncio.to_thread(self.reader.info, run_id)
+        if info.status not in _OPEN or not self.runner.cancel(run_id):
             raise ApiError(409, "the run is not running")
         logger.info("run cancel requested", extra={"run_id": run_id})
         return JSONResponse({"run_id": run_id, "status": "cancelling"}, status_code=202)

@@ -8,7 +8,9 @@ API tokens live in a TOML file that holds only their SHA-256 digests, never the 
     "a665a45920422f9d417e4867efdc4fb8a04a1f3fff1fa07e998e86f7f7a27ae3" = ["hr"]
 
 Make a token and its line with `python -m guard.web.auth hr it`. The file is found through
-`guard serve --token-file PATH`, else the environment variable `TRUTHGUARD_TOKEN_FILE`.
+`guard serve --token-file PATH`, else the environment variable `TRUTHGUARD_TOKEN_FILE`. A token
+sees a run when every tenant of the run is in its list. Behind an HTTPS proxy, set
+`TRUTHGUARD_SECURE_COOKIES=1` so the session cookie is marked Secure.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rag.errors import InputError, TenantIdError
 from rag.tenancy import validate_tenant_id
 
 TOKEN_FILE_ENV = "TRUTHGUARD_TOKEN_FILE"
+SECURE_COOKIES_ENV = "TRUTHGUARD_SECURE_COOKIES"  # "1" when served over HTTPS (a TLS proxy)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -43,6 +46,7 @@ class WebSettings:
     secure_cookies: bool = False  # set when served over HTTPS (behind a TLS proxy)
     use_cache: bool = True  # the response cache shared with `guard run`
     cancel_grace_s: float = 5.0  # after a cancel, how long cases in flight may finish
+    max_active_runs: int = 4  # runs this server executes at once; more get 429
 
     @property
     def runs_dir(self) -> Path:
@@ -99,5 +103,7 @@ def load_settings(
                          f"{TOKEN_FILE_ENV} (make one with `python -m guard.web.auth TENANT...`)")
     if not 0 <= port <= 65535:
         raise InputError(f"invalid port {port}")
+    secure = env.get(SECURE_COOKIES_ENV, "").strip().lower() in ("1", "true", "yes")
     return WebSettings(data_dir=Path(data_dir), experiments_dir=Path(experiments_dir),
-                       tokens=load_tokens(token_path), host=host, port=port)
+                       tokens=load_tokens(token_path), host=host, port=port,
+                       secure_cookies=secure)

@@ -45,10 +45,17 @@ def _iter_jsonl(path: Path) -> Iterator[Document]:
         where = f"{path}:{number}"
         try:
             row = json.loads(line)
+            if "\\u" in line:  # an escaped lone surrogate parses, but no store can keep it
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"invalid JSON: {exc.msg} (column {exc.colno})", location=where
             ) from None
+        except RecursionError:
+            raise InputError("invalid JSON: nested too deeply", location=where) from None
+        except UnicodeEncodeError:
+            raise InputError("not valid Unicode: a lone surrogate escape such as \\ud800",
+                             location=where) from None
         if not isinstance(row, dict):
             raise InputError("each line must be a JSON object", location=where)
         doc_id = _field(row, "_id", where, required=True)

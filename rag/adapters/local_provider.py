@@ -243,6 +243,12 @@ def normalize_tool(schema: Mapping[str, Any]) -> _Tool:
     parameters = function.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InputError(f"tool {function['name']!r}: parameters must be a JSON object")
+    properties = parameters.get("properties") or {}
+    if (not isinstance(properties, dict) or not isinstance(parameters.get("required") or [], list)
+            or any(isinstance(p, dict) and not isinstance(p.get("enum") or [], list)
+                   for p in properties.values())):
+        raise InputError(f"tool {function['name']!r}: parameters must be a JSON Schema object "
+                         "(properties maps names to schemas, enum and required are lists)")
     return _Tool(function["name"], str(function.get("description") or ""), parameters)
 
 

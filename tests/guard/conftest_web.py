@@ -17,11 +17,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -46,7 +46,7 @@ TENANT_SETS = {"all": ["hr", "it"], "hr": ["hr"], "it": ["it"]}
 
 
 @contextmanager
-def serve_in_thread(app: ASGIApp, lifespan: str = "on") -> Iterator[str]:
+def serve_in_thread(app: ASGIApp, lifespan: Literal["on", "off"] = "on") -> Iterator[str]:
     """Run `app` under uvicorn in a thread on a free loopback port; yield its base URL."""
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
     # with proto 0 every keep-alive response waits ~40 ms for a delayed ACK.
@@ -241,6 +241,13 @@ def read_stream(
             if limit is not None and len(received) >= limit:
                 break
     return received
+
+
+@pytest.fixture
+def serve_web_app() -> Iterator[Callable[[ASGIApp], str]]:
+    """Start extra ASGI apps on loopback for one test: `base_url = serve_web_app(app)`."""
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(serve_in_thread(app))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,12 +203,13 @@ async def run_engine(
     engine_ready: Callable[[RunEngine], None] | None = None,
     check_journal_first: bool = False,
     log: EventLog | None = None,
+    score_pool: Executor | None = None,
 ) -> Outcome:
     """Open the journal, run (or resume) the cases, close it; return what was heard."""
     log = log or EventLog(journal_path if check_journal_first else None)
     journal = Journal.open(journal_path, "run-test")
     try:
-        engine = RunEngine(journal, cache, listeners=[log])
+        engine = RunEngine(journal, cache, listeners=[log], score_pool=score_pool)
         if engine_ready is not None:
             engine_ready(engine)
         status = await engine.run(cases, list(variants), {"experiment": "test"})

@@ -95,9 +95,8 @@ def fake_url() -> Iterator[str]:
 # --------------------------------------------------------------------------- spec and runs
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
-    folder = tmp_path_factory.mktemp("crash-spec")
+def write_spec(folder: Path, url: str, ragas: bool) -> Path:
+    """A dataset of CASES cases and a spec with two http variants, each case asked twice."""
     rows = [
         {"id": f"case-{n:03d}", "tenant": "hr",
          "question": f"How many leave days for case #{n} ?",
@@ -109,20 +108,32 @@ def spec(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
     ]
     (folder / "golden.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     variants = "".join(
-        f'[[variants]]\nname = "{name}"\nsystem = "http"\nurl = "{fake_url}/answer/{name}"\n\n'
+        f'[[variants]]\nname = "{name}"\nsystem = "http"\nurl = "{url}/answer/{name}"\n\n'
         for name in VARIANTS
     )
     path = folder / "crash.toml"
     path.write_text(
         'name = "crash"\ndataset = "golden.jsonl"\ningest = false\n\n'
-        f"[run]\nconcurrency = 4\nrepeat = {REPEAT}\ntimeout_s = 30\nks = [1, 3]\n\n"
-        + variants
+        f"[run]\nconcurrency = 4\nrepeat = {REPEAT}\ntimeout_s = 30\nks = [1, 3]\n"
+        f"ragas = {str(ragas).lower()}\n\n" + variants
     )
     return path
 
 
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
+    """Without ragas' metrics: each `guard` process then starts in a few seconds."""
+    return write_spec(tmp_path_factory.mktemp("spec"), fake_url, ragas=False)
+
+
+@pytest.fixture(scope="module")
+def spec_with_ragas(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
+    return write_spec(tmp_path_factory.mktemp("spec-ragas"), fake_url, ragas=True)
+
+
 def guard(data_dir: Path, *args: str) -> list[str]:
-    return [*GUARD, "--data-dir", str(data_dir), "run", *args]
+    """`guard run` with this data folder; MLflow logging (seconds per process) is off."""
+    return [*GUARD, "--data-dir", str(data_dir), "run", "--no-mlflow", *args]
 
 
 def environment() -> dict[str, str]:
@@ -149,14 +160,26 @@ def results(journal: Path) -> Results:
     return Results(keys, metrics, [e.id for e in events])
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Results:
-    data_dir = tmp_path_factory.mktemp("uninterrupted")
+def run_uninterrupted(spec: Path, data_dir: Path) -> Results:
     done = subprocess.run(guard(data_dir, str(spec)), capture_output=True, text=True,
-                          cwd=spec.parent, env=environment(), timeout=120)
+                          cwd=spec.parent, env=environment(), timeout=180)
     assert done.returncode == 0, done.stderr
     baseline = results(journal_of(data_dir))
     assert set(baseline.keys.values()) == {1} and len(baseline.keys) == TOTAL
+    return baseline
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Results:
+    return run_uninterrupted(spec, tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_with_ragas(
+    spec_with_ragas: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Results:
+    baseline = run_uninterrupted(spec_with_ragas, tmp_path_factory.mktemp("uninterrupted"))
+    assert any(name.startswith("ragas.") for m in baseline.metrics.values() for name in m)
     return baseline
 
 
@@ -209,21 +232,14 @@ def check_same_as_uninterrupted(after: Results, baseline: Results) -> None:
 
 
 def kill_points(seed: int, count: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randint(1, TOTAL * 3 // 4) for _ in range(count)]
+    """`count` random numbers of journaled cases to kill at, one in each of `count` equal
+    slices of the first three quarters of the run (the rest may finish before a kill lands)."""
+    rng, span = random.Random(seed), TOTAL * 3 // 4
+    return [rng.randint(1 + span * i // count, span * (i + 1) // count) for i in range(count)]
 
 
-@pytest.mark.parametrize("target", kill_points(seed=20261125, count=3))
+@pytest.mark.parametrize("target", kill_points(seed=20261125, count=2))
 def test_a_killed_run_resumes_to_the_uninterrupted_results(
-    target: int, spec: Path, uninterrupted: Results, tmp_path: Path
-) -> None:
-    after = crash_and_resume(spec, tmp_path / "data", target)
-    check_same_as_uninterrupted(after, uninterrupted)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("target", kill_points(seed=7, count=20))
-def test_twenty_kill_points_all_resume_to_the_uninterrupted_results(
     target: int, spec: Path, uninterrupted: Results, tmp_path: Path
 ) -> None:
     after = crash_and_resume(spec, tmp_path / "data", target)
@@ -243,3 +259,12 @@ def test_a_run_killed_twice_still_resumes_each_case_once(
                              text=True, cwd=spec.parent, env=environment(), timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     check_same_as_uninterrupted(results(journal_of(data_dir)), uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", kill_points(seed=7, count=20))
+def test_twenty_kill_points_with_ragas_all_resume_to_the_uninterrupted_results(
+    target: int, spec_with_ragas: Path, uninterrupted_with_ragas: Results, tmp_path: Path
+) -> None:
+    after = crash_and_resume(spec_with_ragas, tmp_path / "data", target)
+    check_same_as_uninterrupted(after, uninterrupted_with_ragas)

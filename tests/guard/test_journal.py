@@ -92,6 +92,7 @@ def test_a_second_writer_in_the_same_process_gets_a_storage_error(tmp_path: Path
     Journal.open(path, RUN).close()  # free again once the first writer closed
 
 
+@pytest.mark.integration
 def test_a_second_writer_in_another_process_gets_a_storage_error(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     holder = textwrap.dedent(f"""
@@ -129,6 +130,7 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
             tmpfs(tmp_path / f"mnt-{len(stack._exit_callbacks)}", options))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs mounts are Linux only")
 def test_a_read_only_folder_gives_a_clear_storage_error(
     mount_tmpfs: Callable[[str], Path]
@@ -140,6 +142,7 @@ def test_a_read_only_folder_gives_a_clear_storage_error(
     assert "Read-only file system" in str(caught.value)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs mounts are Linux only")
 def test_a_full_disk_fails_the_append_and_keeps_every_event_before_it(
     mount_tmpfs: Callable[[str], Path]

@@ -19,14 +19,18 @@ from guard.results import status_counts
 from guard.runs import RunStore
 from guard.service import GuardService
 from guard.spec import load_spec
+from guard.web.app import create_app
 from guard.web.auth import hash_token
 from guard.web.auth import main as token_main
-from guard.web.settings import load_settings, load_tokens
+from guard.web.settings import WebSettings, load_settings, load_tokens
 from rag.errors import InputError
 from rag.logging import JsonFormatter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest_web import Dashboard
+    from starlette.types import ASGIApp
 
 pytest_plugins = ["conftest_web"]
 pytestmark = pytest.mark.integration
@@ -367,3 +371,15 @@ def test_token_file_and_settings(tmp_path: Path, capsys: pytest.CaptureFixture[s
             load_tokens(path)
     with pytest.raises(InputError, match="not found"):
         load_tokens(tmp_path / "missing.toml")
+
+
+def test_a_server_runs_at_most_max_active_runs_at_once(
+    dashboard: Dashboard, serve_web_app: Callable[[ASGIApp], str], tmp_path: Path
+) -> None:
+    settings = WebSettings(data_dir=tmp_path, experiments_dir=dashboard.experiments_dir,
+                           tokens={hash_token("t"): frozenset({"hr"})}, max_active_runs=0)
+    url = serve_web_app(create_app(settings))
+    reply = httpx.post(f"{url}/api/runs", json={"spec": "hr"},
+                       headers={"Authorization": "Bearer t"})
+    assert reply.status_code == 429 and reply.headers["retry-after"] == "10"
+    assert RunStore(tmp_path / "runs").run_ids() == []

@@ -60,7 +60,7 @@ def test_reconnecting_with_last_event_id_loses_and_repeats_nothing(dashboard: Da
         assert reconnects < 500
     assert reconnects > 5
     journal = dashboard.journal(run_id)
-    assert dashboard.triples(received) == dashboard.triples(journal)  # type: ignore[arg-type]
+    assert dashboard.triples(received) == dashboard.triples(journal)
     # After the last event of a finished run: nothing, and the stream closes.
     assert dashboard.stream(run_id, last_id=journal[-1].id, timeout=10) == []
     # From any point of the finished run: exactly the rest.
@@ -78,28 +78,37 @@ def test_bad_last_event_id_is_refused(dashboard: Dashboard, finished_runs: dict[
 
 
 def test_fifty_concurrent_clients_each_receive_every_event(dashboard: Dashboard) -> None:
+    """50 clients follow one live run to its end while 20 more leave early, mid-read: the
+    ones that stay still get every event (the journal feed is shared between them)."""
     run_id = dashboard.start("live")
+    rng = random.Random(11)
 
-    async def one(client: httpx.AsyncClient) -> list[object]:
-        out = []
+    async def one(client: httpx.AsyncClient, leave_after: int | None) -> list[object]:
+        out: list[object] = []
         async with aconnect_sse(client, "GET", f"/api/runs/{run_id}/events") as source:
             source.response.raise_for_status()
             async for sse in source.aiter_sse():
                 if sse.data:
                     out.append(sse)
+                if leave_after is not None and len(out) >= leave_after:
+                    break
         return out
 
     async def everyone() -> list[list[object]]:
-        limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+        limits = httpx.Limits(max_connections=80, max_keepalive_connections=80)
         async with httpx.AsyncClient(base_url=dashboard.url, headers=dashboard.auth(),
                                      timeout=60, limits=limits) as client:
-            return await asyncio.gather(*(one(client) for _ in range(50)))
+            stay = [one(client, None) for _ in range(50)]
+            leave = [one(client, rng.randint(1, 40)) for _ in range(20)]
+            return await asyncio.gather(*stay, *leave)
 
     streams = asyncio.run(everyone())
-    expected = dashboard.triples(dashboard.journal(run_id))  # type: ignore[arg-type]
-    assert len(streams) == 50
-    for stream in streams:
-        assert dashboard.triples(stream) == expected  # type: ignore[arg-type]
+    expected = dashboard.triples(dashboard.journal(run_id))
+    assert len(streams) == 70
+    for stream in streams[:50]:
+        assert dashboard.triples(stream) == expected
+    for stream in streams[50:]:
+        assert dashboard.triples(stream) == expected[:len(stream)]
 
 
 def test_a_run_started_by_the_cli_in_another_process_streams_live(dashboard: Dashboard) -> None:

@@ -160,6 +160,8 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]
             continue
         for name in [*dirs, *files]:
             path = here / name
+            if path == skip:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 stat = path.lstat()
                 out[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)

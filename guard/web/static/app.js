@@ -138,7 +138,10 @@ function listen(runId) {
   const on = (type, handler) => source.addEventListener(type, (event) => {
     if (state.source === source) handler(JSON.parse(event.data));
   });
-  on("run_started", (data) => { state.total = data.total; showProgress({ total: data.total }); });
+  on("run_started", (data) => {
+    state.total = data.total; showProgress({ total: data.total });
+    $("#run-status").textContent = "running"; $("#run-status").className = "badge running";
+  });
   on("case_finished", () => { state.done += 1; showProgress({}); scheduleRefresh(); });
   on("progress", (data) => { showProgress(data); scheduleRefresh(); });
   on("run_finished", (data) => {
