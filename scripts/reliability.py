@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -43,7 +44,6 @@ sys.path.insert(0, str(TESTS))  # the fixtures and strategies the test suite use
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-# Imported here, at the top, so that crash children forked from the forkserver start warm.
 import conftest as fx  # noqa: E402
 import test_hostile_input as hostile  # noqa: E402
 import test_tenant_leaks as leaks  # noqa: E402
@@ -54,7 +54,6 @@ from guard.adapters.openai_sut import OpenAIEndpointSystem  # noqa: E402
 from guard.domain import CaseResult, CaseStatus  # noqa: E402
 from guard.engine import RunEngine, RunSettings, Variant  # noqa: E402
 from guard.entrypoints import cli as guard_cli  # noqa: E402
-from guard.entrypoints import console as _console  # noqa: E402, F401 - warm for children
 from guard.golden import GoldenCase, load_dataset, load_tools  # noqa: E402
 from guard.journal import CASE_FINISHED, Journal, read_events, read_results  # noqa: E402
 from guard.limits import RetryPolicy  # noqa: E402
@@ -72,6 +71,15 @@ from guard.spec import load_spec, parse_spec  # noqa: E402
 from rag.adapters.loaders import load_corpus  # noqa: E402
 from rag.config import config_from_dict, parse_config  # noqa: E402
 from rag.errors import InputError  # noqa: E402
+
+# What `guard run` imports lazily: loaded once here, so that the crash runs forked from the
+# forkserver (which imports this script) spend their time running cases, not importing.
+WARM_MODULES = ("guard.entrypoints.console", "guard.entrypoints.tracking", "guard.compare",
+                "guard.reports", "guard.adapters.http_sut", "matplotlib.pyplot", "h11",
+                "httpcore2", "jiter")
+for _name in WARM_MODULES:
+    with contextlib.suppress(ImportError):
+        importlib.import_module(_name)
 
 MUST_BE_ZERO = "0"
 
@@ -280,6 +288,20 @@ def _check_run(journal: Path, baseline: dict[str, dict[str, Any]], tally: _Crash
                             if baseline.get(case_id) != row)
 
 
+def _watch_cases(journal: Path, process: Any, started: float) -> tuple[float, float]:
+    """Wait for `process`; return when its first and last case reached the journal."""
+    first = last = 0.0
+    while process.is_alive() or process.exitcode is None:
+        raw = journal.read_bytes() if journal.exists() else b""
+        now = time.monotonic() - started
+        if b'"type":"case_finished"' in raw:
+            first = first or now
+            if b'"type":"run_finished"' not in raw:
+                last = now
+        process.join(0.01)
+    return first, max(last, first)
+
+
 def crash(report: Report, work: Path, kills: int, count: int) -> None:
     """`kills` runs, each SIGKILLed at a random moment and resumed, vs an uninterrupted run."""
     say(f"crash: {kills} runs of {count} cases killed with SIGKILL and resumed")
@@ -287,7 +309,7 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
     folder = work / "crash"
     fx.write_dataset(folder, cases)
     kinds = tuple(f for f in Fault if f.transient and f is not Fault.SLOW)
-    server = FaultServer(CannedUpstream.from_cases(cases, delay_s=0.01), retry_after_s=0.02,
+    server = FaultServer(CannedUpstream.from_cases(cases, delay_s=0.05), retry_after_s=0.02,
                          schedule=FaultSchedule(seed=7, rate=0.1, kinds=kinds, max_in_a_row=2))
     ctx = multiprocessing.get_context("forkserver")
     rng = random.Random(20261125)
@@ -312,15 +334,15 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
 
         base_data = folder / "baseline"
         base_id = prepared(base_data)
+        journal = RunStore(base_data / "runs").journal_path(base_id)
         started = time.monotonic()
         base = child(base_data, ["run", "--resume", base_id, "--no-cache"],
                      folder / "baseline.log")
-        base.join(300)
+        first_case, last_case = _watch_cases(journal, base, started)
         duration = time.monotonic() - started
         if base.exitcode != 0:
             report.problem(f"the uninterrupted run exited {base.exitcode}: "
                            f"{(folder / 'baseline.log').read_text()[-500:]}")
-        journal = RunStore(base_data / "runs").journal_path(base_id)
         baseline = {r.case_id: comparable(r) for r in read_results(journal)}
         for i in range(kills):
             data = folder / f"kill-{i:02d}"
@@ -329,7 +351,8 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
             cache = [] if i % 2 else ["--no-cache"]  # half with the response cache
             log = folder / f"kill-{i:02d}.log"
             victim = child(data, ["run", "--resume", run_id, *cache], log)
-            time.sleep(rng.uniform(0.05, duration))
+            # Mostly while cases are being journaled, sometimes just before.
+            time.sleep(rng.uniform(first_case * 0.9, last_case))
             os.kill(victim.pid, signal.SIGKILL)
             victim.join(30)
             raw = journal.read_bytes() if journal.exists() else b""
@@ -345,7 +368,8 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
     report.add("crash kills resumed", kills, note=f"SIGKILL at a random moment: {tally.mid_run} "
                f"mid-run, {tally.torn} mid-line (torn line repaired); {count} cases each")
     report.add("crash results differing", tally.mismatched, MUST_BE_ZERO,
-               note=f"vs an uninterrupted run ({len(baseline)} cases, {duration:.1f} s)")
+               note=f"vs an uninterrupted run ({len(baseline)} cases journaled from "
+                    f"{first_case:.1f} s to {last_case:.1f} s of its {duration:.1f} s)")
     report.tally("lost", tally.lost, f"{kills} crash runs")
     report.tally("duplicates", tally.duplicates, f"{kills} crash runs")
     report.tally("tracebacks", tally.tracebacks, "crash runs' stderr")

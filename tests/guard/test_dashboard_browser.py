@@ -6,6 +6,7 @@ Saves `reports/dashboard-midrun.png` and `reports/dashboard.png`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 from collections.abc import Iterator
@@ -83,6 +84,12 @@ def test_dashboard_follows_the_demo_run_live_and_shows_the_exported_numbers(
         raise AssertionError(f"never saw the run mid-way: {state!r} {runs!r} {problems!r}") \
             from exc
     expect(page.locator("#run-status")).to_have_text("running")
+    with contextlib.suppress(Exception):  # for the picture only: let the first numbers arrive
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chart svg rect').length > 6"
+            " && document.querySelectorAll('#cases tr.case').length > 6"
+            " && +document.querySelector('#progress').dataset.percent < 100",
+            polling=50, timeout=5_000)
     REPORTS.mkdir(exist_ok=True)
     page.screenshot(path=str(REPORTS / "dashboard-midrun.png"))
 

@@ -45,7 +45,14 @@ matrix = {{ mode = ["lexical", "hybrid"] }}
 
 
 def _run(tmp_path: Path, *args: str) -> int:
+    if args[0] == "run":  # MLflow logging has its own tests
+        args = (*args, "--no-mlflow")
     return guard_main(["--data-dir", str(tmp_path / "data"), *args])
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # reports/ are written relative to the working directory
 
 
 def _run_id(tmp_path: Path) -> str:

@@ -118,6 +118,7 @@ function closeStream() {
   if (state.source) state.source.close();
   state.source = null;
   clearTimeout(state.refreshTimer);
+  state.refreshTimer = null;
 }
 
 async function openRun(runId) {
