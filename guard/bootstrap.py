@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,33 @@ class Wiring:
     async def aclose(self) -> None:
         for system in self.systems:
             await system.aclose()
+
+
+@lru_cache(maxsize=1)
+def rag_code_hash() -> str:
+    """Hash of the `rag` package's source: part of the response-cache key of in-process runs."""
+    import rag
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(rag.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def corpus_fingerprint(config: RagConfig) -> str:
+    """Sizes and modification times of every tenant's corpus files: a changed corpus changes
+    the answers, so it must change the response-cache key too."""
+    digest = hashlib.sha256()
+    for tenant, settings in sorted(config.tenants.items()):
+        if not settings.corpus:
+            continue
+        root = config.resolve(settings.corpus)
+        files = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for file in files:
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{tenant}:{file}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def run_settings(spec: ExperimentSpec, variant: VariantSpec) -> RunSettings:
@@ -100,8 +129,16 @@ def build_wiring(spec: ExperimentSpec, config: RagConfig) -> Wiring:
                     _group_config(config, variant.embedder, variant.provider), embedders,
                     providers,
                 )
-            describe = {"embedder": variant.embedder or config.defaults.embedder,
-                        "provider": variant.provider or config.defaults.provider}
+            provider_name = variant.provider or config.defaults.provider
+            describe = {
+                "embedder": variant.embedder or config.defaults.embedder,
+                "provider": provider_name,
+                "provider_config": config.provider_config(provider_name).model_dump(),
+                "tenants": {t: s.model_dump() for t, s in config.tenants.items()},
+                "corpora": corpus_fingerprint(config),
+                # The pipeline is code: a change to it must not be answered from the cache.
+                "rag_code": rag_code_hash(),
+            }
             system = PipelineSystem(wiring.pipelines[group], variant.retrieval(), describe)
         elif variant.system == "openai":
             system = OpenAIEndpointSystem(

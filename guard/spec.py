@@ -1,8 +1,9 @@
 """Experiment specs (TOML): a dataset, a matrix of variants, a judge, run limits and gates.
 
 Relative paths resolve against the spec file's folder. `${NAME}` in a string is replaced by
-the environment variable NAME (an error names it when unset), so specs can point at
-endpoints and keys without holding them.
+the environment variable NAME (an error names it when unset; `${NAME:-default}` falls back),
+so specs can point at endpoints and keys without holding them. A variant with `requires_env`
+is left out unless those variables are set.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rag.errors import InputError
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,7 @@ class VariantSpec(_Strict):
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     requests_per_minute: Annotated[float, Field(ge=0)] | None = None
     tokens_per_minute: Annotated[float, Field(ge=0)] | None = None
+    requires_env: list[str] = []  # the variant is left out unless all of these are set
     price_prompt_per_mtok: float = Field(0.0, ge=0)
     price_completion_per_mtok: float = Field(0.0, ge=0)
     matrix: dict[str, list[Any]] = {}
@@ -182,10 +184,12 @@ class ExperimentSpec(_Strict):
 def _expand_env(value: Any, source: str) -> Any:
     if isinstance(value, str):
         def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise InputError(f"environment variable {name} is not set", location=source)
-            return os.environ[name]
+            name, fallback = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if fallback is not None:
+                return fallback
+            raise InputError(f"environment variable {name} is not set", location=source)
         return _ENV.sub(replace, value)
     if isinstance(value, list):
         return [_expand_env(v, source) for v in value]
@@ -209,7 +213,14 @@ def load_spec(path: Path) -> ExperimentSpec:
     return parse_spec(raw, str(path), Path(path).resolve().parent)
 
 
+def _enabled(variant: Any) -> bool:
+    needs = variant.get("requires_env", []) if isinstance(variant, dict) else []
+    return all(isinstance(n, str) and os.environ.get(n) for n in needs)
+
+
 def parse_spec(raw: dict[str, Any], source: str, base_dir: Path) -> ExperimentSpec:
+    if isinstance(raw.get("variants"), list):  # before expansion: skipped ones may name unset vars
+        raw = {**raw, "variants": [v for v in raw["variants"] if _enabled(v)]}
     raw = _expand_env(raw, source)
     try:
         return ExperimentSpec.model_validate({**raw, "source": source, "base_dir": str(base_dir)})

@@ -76,7 +76,7 @@ from rag.errors import InputError  # noqa: E402
 # forkserver (which imports this script) spend their time running cases, not importing.
 WARM_MODULES = ("guard.entrypoints.console", "guard.entrypoints.tracking", "guard.compare",
                 "guard.reports", "guard.adapters.http_sut", "matplotlib.pyplot", "h11",
-                "httpcore2", "jiter")
+                "httpcore2", "jiter", "openai.resources")
 for _name in WARM_MODULES:
     with contextlib.suppress(ImportError):
         importlib.import_module(_name)
@@ -302,6 +302,25 @@ def _watch_cases(journal: Path, process: Any, started: float) -> tuple[float, fl
     return first, max(last, first)
 
 
+def _kill_at_random(victim: Any, journal: Path, total: int, first_case: float,
+                    rng: random.Random) -> None:
+    """SIGKILL `victim` at a random moment: one time in ten while it starts up, otherwise
+    once a random number of its cases are journaled, plus up to 30 ms."""
+    started = time.monotonic()
+    if rng.random() < 0.1:
+        time.sleep(rng.uniform(0, first_case))
+    else:
+        target = rng.randint(1, total - 1)
+        while victim.is_alive() and time.monotonic() - started < 120:
+            raw = journal.read_bytes() if journal.exists() else b""
+            if raw.count(b'"type":"case_finished"') >= target:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(victim.pid, signal.SIGKILL)
+
+
 def crash(report: Report, work: Path, kills: int, count: int) -> None:
     """`kills` runs, each SIGKILLed at a random moment and resumed, vs an uninterrupted run."""
     say(f"crash: {kills} runs of {count} cases killed with SIGKILL and resumed")
@@ -309,7 +328,7 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
     folder = work / "crash"
     fx.write_dataset(folder, cases)
     kinds = tuple(f for f in Fault if f.transient and f is not Fault.SLOW)
-    server = FaultServer(CannedUpstream.from_cases(cases, delay_s=0.05), retry_after_s=0.02,
+    server = FaultServer(CannedUpstream.from_cases(cases, delay_s=0.03), retry_after_s=0.02,
                          schedule=FaultSchedule(seed=7, rate=0.1, kinds=kinds, max_in_a_row=2))
     ctx = multiprocessing.get_context("forkserver")
     rng = random.Random(20261125)
@@ -327,7 +346,7 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
     warm.join(120)
 
     with running_in_thread(server) as url:
-        spec = fx.write_spec(folder, url, concurrency=4, timeout_s=10)
+        spec = fx.write_spec(folder, url, concurrency=2, timeout_s=10)
 
         def prepared(data: Path) -> str:
             return GuardService(RunStore(data / "runs"), None).prepare(load_spec(spec))
@@ -351,9 +370,7 @@ def crash(report: Report, work: Path, kills: int, count: int) -> None:
             cache = [] if i % 2 else ["--no-cache"]  # half with the response cache
             log = folder / f"kill-{i:02d}.log"
             victim = child(data, ["run", "--resume", run_id, *cache], log)
-            # Mostly while cases are being journaled, sometimes just before.
-            time.sleep(rng.uniform(first_case * 0.9, last_case))
-            os.kill(victim.pid, signal.SIGKILL)
+            _kill_at_random(victim, journal, len(cases), first_case, rng)
             victim.join(30)
             raw = journal.read_bytes() if journal.exists() else b""
             done = raw.count(b'"type":"case_finished"')
