@@ -601,6 +601,8 @@ def _parquet_rows(path: Path) -> list[_Row]:
         raise InputError("no such file", location=str(path)) from exc
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"not a readable Parquet file: {exc}", location=str(path)) from exc
+    except UnicodeDecodeError as exc:  # a string column whose bytes are not UTF-8
+        raise InputError(f"a text cell is not UTF-8: {exc.reason}", location=str(path)) from exc
     return [
         _decode_cells(f"{path}:row {index}", record, from_text=False)
         for index, record in enumerate(records)

@@ -254,10 +254,27 @@ def tool_confusion(frame: pd.DataFrame, expected: Mapping[str, str]) -> pd.DataF
     return counted.rename(columns={0: "count"}) if 0 in counted.columns else counted
 
 
+MAX_TOOL_LABELS = 15  # BFCL has about a thousand tools: beyond this, a heat map is unreadable
+
+
+def _fold_rare_tools(confusion: pd.DataFrame, keep: int = MAX_TOOL_LABELS) -> pd.DataFrame:
+    """Keep the `keep` most frequent expected labels; every other label becomes "(other)"."""
+    totals = confusion.groupby("expected")["count"].sum().sort_values(ascending=False)
+    if len(totals) <= keep:
+        return confusion
+    kept = set(totals.index[:keep]) | {NO_TOOL}
+    folded = confusion.copy()
+    for column in ("expected", "chosen"):
+        folded[column] = folded[column].where(folded[column].isin(kept), "(other)")
+    return folded.groupby(["variant", "expected", "chosen"], as_index=False)["count"].sum()
+
+
 def plot_tools(confusion: pd.DataFrame, variants: Sequence[str]) -> str | None:
-    """One heat map per variant: expected tool (rows) vs chosen tool (columns)."""
+    """One heat map per variant: expected tool (rows) vs chosen tool (columns), the most
+    frequent expected tools only (the rest folded into "(other)")."""
     if confusion.empty:
         return None
+    confusion = _fold_rare_tools(confusion)
     labels_expected = sorted(set(confusion["expected"]))
     labels_chosen = sorted(set(confusion["chosen"]) | set(labels_expected))
     shown = [v for v in variants if v in set(confusion["variant"])]

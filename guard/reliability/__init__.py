@@ -4,6 +4,8 @@ Used by `tests/reliability/` and `scripts/reliability.py`; nothing in the engine
 """
 
 from guard.reliability.fault_server import (
+    TRANSIENT_FAULTS,
+    AsgiUpstream,
     CannedAnswer,
     CannedUpstream,
     Fault,
@@ -11,10 +13,13 @@ from guard.reliability.fault_server import (
     FaultSchedule,
     FaultServer,
     FaultStats,
+    UpstreamStatus,
     running_in_thread,
 )
 
 __all__ = [
+    "TRANSIENT_FAULTS",
+    "AsgiUpstream",
     "CannedAnswer",
     "CannedUpstream",
     "Fault",
@@ -22,5 +27,6 @@ __all__ = [
     "FaultSchedule",
     "FaultServer",
     "FaultStats",
+    "UpstreamStatus",
     "running_in_thread",
 ]

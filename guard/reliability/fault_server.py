@@ -498,7 +498,7 @@ class FaultServer:
 
 
 def _with_broken_tool_call(completion: dict[str, Any]) -> dict[str, Any]:
-    broken = json.loads(json.dumps(completion))
+    broken: dict[str, Any] = json.loads(json.dumps(completion))
     message = broken["choices"][0]["message"]
     message["tool_calls"] = [{"id": "call_broken", "type": "function",
                               "function": {"name": "lookup", "arguments": '{"query": "unterm'}}]

@@ -127,7 +127,17 @@ def spec(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def spec_with_ragas(tmp_path_factory: pytest.TempPathFactory, fake_url: str) -> Path:
+def asked_for_slow(request: pytest.FixtureRequest) -> None:
+    """Skip unless the run selects markers (`-m slow`): the project's addopts do not
+    deselect slow tests, and these take minutes."""
+    if not request.config.getoption("markexpr"):
+        pytest.skip("slow: run with -m slow")
+
+
+@pytest.fixture(scope="module")
+def spec_with_ragas(
+    tmp_path_factory: pytest.TempPathFactory, fake_url: str, asked_for_slow: None
+) -> Path:
     return write_spec(tmp_path_factory.mktemp("spec-ragas"), fake_url, ragas=True)
 
 

@@ -33,7 +33,7 @@ from fakes import (
 from guard.cache import ResponseCache, cache_key
 from guard.domain import CaseStatus, Event
 from guard.engine import RunEngine, Variant, _prompt
-from guard.journal import CASE_FINISHED, read_events
+from guard.journal import CASE_FINISHED, Journal, read_events
 from guard.limits import RateLimiter, RetryPolicy
 from rag.errors import StorageError
 
@@ -295,6 +295,38 @@ def test_event_ids_run_from_one_without_gaps_and_match_the_journal(journal_path:
     assert types[CASE_FINISHED] == 60 and types["run_started"] == types["run_finished"] == 1
     assert types["retry"] == 2
     assert heard[0].type == "run_started" and heard[-1].type == "run_finished"
+
+
+class SyncRecordingJournal(Journal):
+    """A real journal that remembers up to which event id each fsync reached."""
+
+    synced_through = 0
+
+    def sync(self) -> None:
+        through = self.last_id  # appends made before this call are covered by it
+        super().sync()
+        self.synced_through = through
+
+
+def test_no_listener_hears_of_a_case_before_its_fsync(journal_path: Path) -> None:
+    journal = SyncRecordingJournal.open(journal_path, "run-test")
+    unsynced: list[int] = []
+
+    def listener(event: Event) -> None:
+        if event.type == CASE_FINISHED and event.id > journal.synced_through:
+            unsynced.append(event.id)
+
+    async def scenario() -> None:
+        engine = RunEngine(journal, listeners=[listener])
+        await engine.run(make_cases(50), [Variant("v", ScriptedSystem(), settings(
+            concurrency=16))], {})
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        journal.close()
+    assert unsynced == []
+    assert journal.synced_through == journal.last_id
 
 
 def test_event_ids_continue_across_a_resume(journal_path: Path) -> None:

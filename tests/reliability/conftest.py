@@ -101,7 +101,7 @@ def run_cli(program: str, *args: str | Path, cwd: Path, timeout: float = 120,
     env.pop("TRUTHGUARD_DATA", None)
     done = subprocess.run([str(BIN / program), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=preexec)  # noqa: PLW1509 - only sets rlimits
+                          preexec_fn=preexec)
     return Cli(done.returncode, done.stdout, done.stderr)
 
 

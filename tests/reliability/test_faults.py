@@ -14,12 +14,23 @@ import resource
 import signal
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import read_only, run_cli, scaled_cases, tiny_disk, write_dataset, write_spec
+from conftest import (
+    TENANTS,
+    TOPICS,
+    build_tenant_pipeline,
+    read_only,
+    run_cli,
+    scaled_cases,
+    tiny_disk,
+    write_dataset,
+    write_spec,
+)
 
 from guard.adapters.openai_sut import OpenAIEndpointSystem
 from guard.domain import CaseResult, CaseStatus
@@ -28,6 +39,7 @@ from guard.golden import GoldenCase
 from guard.journal import CASE_FINISHED, Journal, read_events, read_results
 from guard.limits import RetryPolicy
 from guard.reliability import (
+    AsgiUpstream,
     CannedUpstream,
     Fault,
     FaultPlan,
@@ -40,6 +52,7 @@ from guard.service import GuardService
 from guard.spec import load_spec
 from rag.adapters.openai_provider import OpenAICompatibleProvider
 from rag.domain import ChatMessage
+from rag.entrypoints.server import create_app
 from rag.errors import ProviderError, RetryableProviderError
 
 StartServer = Callable[[FaultServer], str]
@@ -232,6 +245,42 @@ def test_engine_run_survives_every_fault_and_scores_like_a_clean_run(
             assert comparable(by_id[case.id]) == comparable(clean_by_id[case.id]), case.id
 
 
+def test_faults_in_front_of_rag_serve_change_no_score(
+    tmp_path: Path, tenant_data: Path, start_fault_server: StartServer,
+) -> None:
+    """The fault server as a flaky proxy before the real pipeline (`rag serve`'s app)."""
+    cases = [GoldenCase(id=f"{tenant}-{topic}", tenant=tenant, question=f"{topic} policy",
+                        relevant_doc_ids={f"{tenant}--{topic}": 1})
+             for tenant in TENANTS[:3] for topic, _ in TOPICS]
+    server = FaultServer(AsgiUpstream(create_app(build_tenant_pipeline(tenant_data))),
+                         retry_after_s=0.01, slow_s=3,
+                         schedule=FaultSchedule(seed=5, rate=0.5, max_in_a_row=3))
+    url = start_fault_server(server)
+
+    async def run(name: str) -> list[CaseResult]:
+        system = OpenAIEndpointSystem(url, "rag-{tenant}", "key", timeout=0.5)
+        settings = RunSettings(concurrency=4, timeout_s=30, ragas=False,
+                               retry=RetryPolicy(max_retries=3, base_delay=0.01))
+        journal = Journal.open(tmp_path / name / "journal.jsonl", name)
+        try:
+            await RunEngine(journal).run(cases, [Variant("serve", system, settings)], {})
+        finally:
+            journal.close()
+            await system.aclose()
+        return list(read_results(tmp_path / name / "journal.jsonl"))
+
+    faulty = {r.case_id: r for r in asyncio.run(run("faulty"))}
+    injected = server.snapshot().total_injected
+    server.faults_enabled = False
+    clean = {r.case_id: r for r in asyncio.run(run("clean"))}
+
+    assert injected >= 5 and set(faulty) == set(clean) == {c.id for c in cases}
+    for case in cases:  # the schedule draws transient faults only
+        assert faulty[case.id].status is CaseStatus.SCORED
+        assert comparable(faulty[case.id]) == comparable(clean[case.id]), case.id
+    assert all(r.response is not None and r.response.contexts for r in clean.values())
+
+
 def test_retries_run_out_as_an_explicit_error(tmp_path: Path,
                                               start_fault_server: StartServer) -> None:
     cases = scaled_cases(6)
@@ -381,9 +430,10 @@ def test_a_read_only_results_folder_is_a_clear_error(
     with read_only(data) as mounted:
         if not mounted:
             pytest.skip("no mount rights here: a read-only bind mount is the honest test")
-        started = run_cli("guard", "--data-dir", data, "run", spec, cwd=tmp_path)
-        resumed = run_cli("guard", "--data-dir", data, "run", "--resume", run_id, cwd=tmp_path)
-        shown = run_cli("guard", "--data-dir", data, "show", run_id, cwd=tmp_path)
+        commands = [("run", spec), ("run", "--resume", run_id), ("show", run_id)]
+        with ThreadPoolExecutor(len(commands)) as pool:
+            started, resumed, shown = pool.map(
+                lambda argv: run_cli("guard", "--data-dir", data, *argv, cwd=tmp_path), commands)
         after = _readable(data)
     for done in (started, resumed):
         _no_traceback(done.stderr)

@@ -40,7 +40,8 @@ FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                                        HealthCheck.too_slow, HealthCheck.data_too_large])
 
 HOSTILE_TENANTS = [
-    "hr' OR '1'='1", "hr\" OR 1=1 --", "hr'; DROP TABLE chunks_hr; --", "x OR tenant_id IS NOT NULL",
+    "hr' OR '1'='1", "hr\" OR 1=1 --", "hr'; DROP TABLE chunks_hr; --",
+    "x OR tenant_id IS NOT NULL",
     "../it", "..", "../../etc/passwd", "hr/../it", "hr\\..\\it", "/abs", "hr%2F..%2Fit",
     "hr\x00", "\x00", "h\x00r", "hr\n", " hr", "hr ", "", "HR", "Hr",
     "hr\u0131", "\u04bbr", "\uff48\uff52", "h\u200br", "hr\u0301", "\u0430cme",  # look-alikes
@@ -238,8 +239,17 @@ def test_csv_datasets(sandbox: Path, data: bytes) -> None:
         assert all(validate_tenant_id(c.tenant) for c in dataset.cases)
 
 
+def _not_utf8_parquet() -> bytes:
+    """A string column whose bytes are not UTF-8 (found by the fuzzer)."""
+    text = pa.array([b"\x90abc"], type=pa.binary()).view(pa.string())
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": text, "tenant": ["acme"], "question": ["q"]}), sink)
+    return sink.getvalue()
+
+
 @FAST
 @given(data=parquet_files())
+@example(data=_not_utf8_parquet())
 def test_parquet_datasets(sandbox: Path, data: bytes) -> None:
     path = sandbox / "golden.parquet"
     path.write_bytes(data)
@@ -524,7 +534,7 @@ corpus = "corpus.jsonl"
 def _hostile_inputs(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "golden_truncated.jsonl": b'{"id": "a", "tenant": "acme", "question": "q"}\n{"id": "b", "te',
+        "golden_truncated.jsonl": b'{"id": "a", "tenant": "acme", "question": "q"}\n{"id": "b"',
         "golden_binary.jsonl": b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe",
         "golden_tenant.jsonl": b'{"id": "a", "tenant": "acme\' OR 1=1", "question": "q"}\n',
         "golden_deep.jsonl": b"[" * 100_000,
