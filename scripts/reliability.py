@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "reliability"
 sys.path.insert(0, str(TESTS))  # the fixtures and strategies the test suite uses
+sys.path.insert(1, str(TESTS.parent / "support"))  # tests/support/loopback.py
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -49,6 +50,7 @@ import test_hostile_input as hostile  # noqa: E402
 import test_tenant_leaks as leaks  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from loopback import serve_in_thread  # noqa: E402
 
 from guard.adapters.openai_sut import OpenAIEndpointSystem  # noqa: E402
 from guard.domain import CaseResult, CaseStatus  # noqa: E402
@@ -659,7 +661,7 @@ def tenant_leaks(report: Report, work: Path, examples: int, fast: bool) -> None:
     pipeline_seen = meter.seen
     import httpx
 
-    with fx.serve_in_thread(create_app(fx.build_tenant_pipeline(data))) as url, \
+    with serve_in_thread(create_app(fx.build_tenant_pipeline(data))) as url, \
             httpx.Client(base_url=url, timeout=60) as client:
         for i, query in enumerate(everything[: 12 if fast else None]):
             leaks.serve_leaks(client, meter, query, fx.TENANTS[i % len(fx.TENANTS)])

@@ -14,15 +14,12 @@ import hashlib
 import json
 import re
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
+from loopback import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -164,33 +161,11 @@ def _app(server: JudgeServer) -> Starlette:
                              Route("/v1/embeddings", embeddings, methods=["POST"])])
 
 
-@contextmanager
-def _serve_in_thread(app: Starlette) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the judge server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[JudgeServer]:
     server = JudgeServer()
-    with _serve_in_thread(_app(server)) as base_url:
-        server.base_url = base_url
+    with serve_in_thread(_app(server), lifespan="off") as url:
+        server.base_url = f"{url}/v1"
         yield server
 
 

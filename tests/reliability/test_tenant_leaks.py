@@ -23,11 +23,11 @@ from conftest import (
     TOPICS,
     build_tenant_pipeline,
     owner_of,
-    serve_in_thread,
     tenant_corpus,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loopback import serve_in_thread
 
 from guard.domain import CaseStatus
 from guard.golden import GoldenCase, save_jsonl
