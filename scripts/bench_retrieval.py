@@ -125,7 +125,10 @@ def main() -> int:
     print(f"embedder {args.embedder}, lexical {args.engine}, ANN {args.index_kind} from "
           f"{args.ann_threshold} chunks (nprobes {args.nprobes}, refine {args.refine_factor}), "
           f"{len(queries)} queries, k=10")
-    results = [asyncio.run(bench(size, args, queries)) for size in args.sizes]
+    results = []
+    for size in args.sizes:
+        results.append(asyncio.run(bench(size, args, queries)))
+        print(json.dumps(results[-1]), flush=True)  # each size as soon as it is done
     keys = list(results[0])
     print(f"\n{'metric':24}" + "".join(f"{int(r['chunks']):>12,}" for r in results))
     for key in keys[1:]:

@@ -72,6 +72,8 @@ def test_dashboard_follows_the_demo_run_live_and_shows_the_exported_numbers(
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert dashboard.tokens["all"] not in cookie["value"]
 
+    # The button is enabled once the experiments list has arrived (it names the demo spec).
+    expect(page.locator("#start-demo")).to_be_enabled()
     page.click("#start-demo")
     try:
         page.wait_for_function(
