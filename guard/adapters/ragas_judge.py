@@ -64,7 +64,7 @@ import openai
 
 from guard.domain import SutResponse
 from guard.golden import GoldenCase
-from rag.adapters.openai_provider import parse_retry_after
+from rag.adapters.openai_provider import translate_error
 from rag.errors import ProviderError, RetryableProviderError
 
 # ragas reads these once, when it first decides whether to send analytics.
@@ -77,7 +77,6 @@ CONTEXT_PRECISION = "judge.context_precision"
 CONTEXT_RECALL = "judge.context_recall"
 METRICS: tuple[str, ...] = (FAITHFULNESS, ANSWER_RELEVANCY, CONTEXT_PRECISION, CONTEXT_RECALL)
 
-_RETRYABLE_STATUS = frozenset({408, 429})
 _PARSE_RETRIES = 1  # instructor re-asks once when a reply does not match the output model
 
 
@@ -269,18 +268,12 @@ def _translate(metric: str, exc: Exception) -> Exception:
 
 
 def _from_openai(metric: str, exc: openai.OpenAIError) -> ProviderError:
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        message = f"{metric}: HTTP {status} from the judge endpoint: {exc.message}"
-        if status in _RETRYABLE_STATUS or status >= 500:
-            headers = dict(exc.response.headers) if exc.response is not None else None
-            return RetryableProviderError(message, retry_after=parse_retry_after(headers))
-        return ProviderError(message)
-    if isinstance(exc, openai.APITimeoutError):
-        return RetryableProviderError(f"{metric}: the judge endpoint timed out: {exc}")
-    if isinstance(exc, openai.APIConnectionError):
-        return RetryableProviderError(f"{metric}: cannot reach the judge endpoint: {exc}")
-    return ProviderError(f"{metric}: the judge endpoint failed: {exc}")
+    """The provider's own translation, named after the metric that failed."""
+    error = translate_error(exc)
+    message = f"{metric} (judge): {error}"
+    if isinstance(error, RetryableProviderError):
+        return RetryableProviderError(message, retry_after=error.retry_after)
+    return ProviderError(message)
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
