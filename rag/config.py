@@ -83,9 +83,9 @@ class LexicalConfig(_Strict):
 
 class VectorConfig(_Strict):
     ann_threshold: int = Field(50_000, ge=1)
-    index_kind: Literal["ivf_pq", "ivf_hnsw_sq"] = "ivf_pq"
+    index_kind: Literal["ivf_pq", "ivf_hnsw_sq"] = "ivf_hnsw_sq"
     nprobes: int = Field(20, ge=1)
-    refine_factor: int = Field(10, ge=0)
+    refine_factor: int = Field(0, ge=0)
 
 
 class RagConfig(_Strict):

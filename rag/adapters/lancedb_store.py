@@ -29,9 +29,9 @@ class LanceDBVectorStore:
         self,
         path: Path,
         ann_threshold: int = 50_000,
-        index_kind: IndexKind = "ivf_pq",
+        index_kind: IndexKind = "ivf_hnsw_sq",
         nprobes: int = 20,
-        refine_factor: int = 10,
+        refine_factor: int = 0,
         read_consistency_seconds: float = 1.0,
     ) -> None:
         self._path = Path(path)
