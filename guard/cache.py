@@ -70,6 +70,9 @@ class ResponseCache:
             raise StorageError(f"cannot write response cache {self._path}: {exc}") from exc
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        # Under the lock: a worker thread of a cancelled task may still be using the
+        # connection, and closing it under that thread crashes the process.
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -390,7 +390,11 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 
 
+# Slow suite only: one clean-clone CI run saw this `guard run` die with SIGSEGV (1 of 4 runs),
+# likely the response cache's SQLite connection closed under a worker thread (now closed under
+# its lock). The fast suite keeps the in-process full-disk test in tests/guard/test_journal.py.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_full_disk_is_a_clear_error_and_keeps_what_was_stored(
     tmp_path: Path, start_fault_server: StartServer,
 ) -> None:
