@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from demo_spec import demo_rag_tables
 from httpx_sse import ServerSentEvent, connect_sse
 from loopback import serve_in_thread
 from starlette.applications import Starlette
@@ -94,15 +95,7 @@ dataset = "{DEMO / 'golden.jsonl'}"
 tools_file = "{DEMO / 'tools.json'}"
 tags = ["demo"]
 
-[rag]
-data_dir = "../rag-data"
-[rag.defaults]
-embedder = "hashing"
-[rag.tenants.hr]
-corpus = "{DEMO / 'corpus' / 'hr'}"
-[rag.tenants.it]
-corpus = "{DEMO / 'corpus' / 'it'}"
-
+{demo_rag_tables('../rag-data')}
 [run]
 concurrency = 2
 ks = [1, 3, 5]

@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from demo_spec import demo_rag_tables
 
 from guard.entrypoints.cli import main as guard_main
 
@@ -23,15 +24,7 @@ name = "mini"
 dataset = "{DEMO / 'golden.jsonl'}"
 limit = 12
 {extra}
-[rag]
-data_dir = "{tmp_path / 'index'}"
-[rag.defaults]
-embedder = "hashing"
-[rag.tenants.hr]
-corpus = "{DEMO / 'corpus' / 'hr'}"
-[rag.tenants.it]
-corpus = "{DEMO / 'corpus' / 'it'}"
-[run]
+{demo_rag_tables(tmp_path / 'index')}[run]
 concurrency = 3
 ks = [1, 5]
 [[variants]]

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from demo_spec import demo_rag_tables
 from mlflow import MlflowClient
 
 from guard.adapters.mlflow_tracker import MLflowRunTracker, default_tracking_uri, metric_key
@@ -45,15 +46,7 @@ dataset = "{DEMO / 'golden.jsonl'}"
 tools_file = "{DEMO / 'tools.json'}"
 limit = {CASES}
 webhook_url = "http://127.0.0.1:9/secret-hook-token"
-[rag]
-data_dir = "{folder / 'index'}"
-[rag.defaults]
-embedder = "hashing"
-[rag.tenants.hr]
-corpus = "{DEMO / 'corpus' / 'hr'}"
-[rag.tenants.it]
-corpus = "{DEMO / 'corpus' / 'it'}"
-[run]
+{demo_rag_tables(folder / 'index')}[run]
 concurrency = 4
 ks = [1, 5]
 [[variants]]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from demo_spec import demo_rag_tables
 
 from guard.bootstrap import rag_config_for
 from guard.entrypoints.cli import main as guard_main
@@ -36,15 +37,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
 name = "report-demo"
 dataset = "{DEMO / 'golden.jsonl'}"
 tools_file = "{DEMO / 'tools.json'}"
-[rag]
-data_dir = "{folder / 'index'}"
-[rag.defaults]
-embedder = "hashing"
-[rag.tenants.hr]
-corpus = "{DEMO / 'corpus' / 'hr'}"
-[rag.tenants.it]
-corpus = "{DEMO / 'corpus' / 'it'}"
-[run]
+{demo_rag_tables(folder / 'index')}[run]
 concurrency = 4
 ks = [1, 5]
 [[variants]]
