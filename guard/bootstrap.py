@@ -86,6 +86,7 @@ def run_settings(spec: ExperimentSpec, variant: VariantSpec) -> RunSettings:
         repeat=run.repeat,
         ks=tuple(run.ks),
         ragas=run.ragas,
+        stagger_s=run.stagger_s,
         price_prompt_per_mtok=variant.price_prompt_per_mtok,
         price_completion_per_mtok=variant.price_completion_per_mtok,
     )

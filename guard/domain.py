@@ -47,7 +47,24 @@ class SutResponse:
     model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not `asdict`: that deep-copies every leaf, and it was the engine's largest
+        # cost per case after the HTTP client. Values are immutable or copied one level.
+        return {
+            "answer": self.answer,
+            "contexts": [
+                {"chunk_id": c.chunk_id, "doc_id": c.doc_id, "text": c.text, "score": c.score,
+                 "rank": c.rank}
+                for c in self.contexts
+            ],
+            "arms": {arm: list(ids) for arm, ids in self.arms.items()},
+            "tool_calls": [dict(call) for call in self.tool_calls],
+            "abstained": self.abstained,
+            "cited_chunk_ids": list(self.cited_chunk_ids),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms": self.latency_ms,
+            "model": self.model,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SutResponse:
@@ -85,10 +102,24 @@ class CaseResult:
         return (self.variant, self.case_id, self.repeat)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["status"] = self.status.value
-        out["tags"] = list(self.tags)
-        return out
+        return {
+            "run_id": self.run_id,
+            "variant": self.variant,
+            "case_id": self.case_id,
+            "repeat": self.repeat,
+            "tenant": self.tenant,
+            "tags": list(self.tags),
+            "status": self.status.value,
+            "metrics": dict(self.metrics),
+            "question": self.question,
+            "error": self.error,
+            "response": self.response.to_dict() if self.response is not None else None,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
+            "cost_usd": self.cost_usd,
+            "cached": self.cached,
+            "finished_at": self.finished_at,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

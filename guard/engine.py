@@ -56,6 +56,11 @@ class RunSettings:
     price_prompt_per_mtok: float = 0.0  # USD per million prompt tokens
     price_completion_per_mtok: float = 0.0
     progress_interval_s: float = 0.5
+    # Pause between starting one worker and the next. Workers that all start at once send a
+    # burst that the provider and this event loop then serve one by one, wave after wave, so
+    # every request waits for the rest of its wave; spread starts keep requests evenly spaced.
+    # A few ms (more than the client's CPU per request) suffices whatever the latency.
+    stagger_s: float = 0.005
 
 
 @dataclass
@@ -111,6 +116,30 @@ class _Tally:
     """Calls made to the system under test for one case, kept even when the case fails."""
 
     attempts: int = 0
+
+
+@dataclass
+class _Answer:
+    """A case between its answer and its score."""
+
+    case: GoldenCase
+    repeat: int
+    started: float  # time.monotonic()
+    deadline: float  # the loop's clock: the per-case timeout covers answering and scoring
+    tally: _Tally = field(default_factory=_Tally)
+    response: SutResponse | None = None
+    cached: bool = False
+    status: CaseStatus = CaseStatus.SCORED
+    error: str | None = None
+
+
+def _failure(exc: Exception, timeout_s: float) -> tuple[CaseStatus, str]:
+    """The status and error text of a case that raised."""
+    if isinstance(exc, TimeoutError):
+        return CaseStatus.TIMEOUT, f"no answer within {timeout_s:g} s"
+    if isinstance(exc, TruthGuardError):
+        return CaseStatus.ERROR, f"{type(exc).__name__}: {exc}"
+    return CaseStatus.ERROR, f"unexpected {type(exc).__name__}: {exc}"  # an adapter's bug
 
 
 class _Publisher:
@@ -271,16 +300,23 @@ class RunEngine:
         """Every variant's workers in one task group; the first failure stops them all."""
         try:
             async with asyncio.TaskGroup() as group:
+                start_after = 0.0
                 for variant in variants:
                     todo = _todo(variant, cases, finished)
                     limiter = RateLimiter(variant.settings.requests_per_minute,
                                           variant.settings.tokens_per_minute)
+                    # Cases answered but not yet scored, at most `concurrency` per variant.
+                    scoring = asyncio.Semaphore(max(1, variant.settings.concurrency))
                     for _ in range(max(1, variant.settings.concurrency)):
-                        task = group.create_task(self._worker(variant, todo, limiter, progress))
-                        self._workers.add(task)
-                        task.add_done_callback(self._workers.discard)
+                        self._track(group.create_task(self._worker(
+                            variant, todo, limiter, progress, start_after, group, scoring)))
+                        start_after += variant.settings.stagger_s
         except BaseExceptionGroup as failed:  # a storage error or a bug: report it plainly
             raise failed.exceptions[0] from None
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
 
     async def _worker(
         self,
@@ -288,63 +324,82 @@ class RunEngine:
         todo: Iterator[tuple[GoldenCase, int]],
         limiter: RateLimiter,
         progress: _Progress,
+        start_after: float,
+        group: asyncio.TaskGroup,
+        scoring: asyncio.Semaphore,
     ) -> None:
-        assert self._publisher is not None
+        """Ask the system case after case; each answer is scored in a task of its own, so a
+        slow metric or judge never holds a request slot (the system's concurrency stays full)."""
+        if start_after > 0:
+            await asyncio.sleep(start_after)
         for case, repeat in todo:
             if self._cancelled:
                 return
-            result = await self._case(variant, case, repeat, limiter, progress)
+            answer = await self._answer(variant, case, repeat, limiter, progress)
+            await scoring.acquire()
+            self._track(group.create_task(self._finish(variant, answer, progress, scoring)))
+
+    async def _answer(
+        self, variant: Variant, case: GoldenCase, repeat: int, limiter: RateLimiter,
+        progress: _Progress,
+    ) -> _Answer:
+        """The system's response to a case, from the cache or asked for, or why there is none."""
+        loop = asyncio.get_running_loop()
+        answer = _Answer(case, repeat, time.monotonic(), loop.time() + variant.settings.timeout_s)
+        key = cache_key(variant.system.describe(), _prompt(case), repeat)
+        try:
+            async with asyncio.timeout_at(answer.deadline):
+                answer.response = await self.cache.get(key) if self.cache else None
+                answer.cached = answer.response is not None
+                if answer.response is None:
+                    answer.response = await self._ask(variant, case, limiter, progress,
+                                                      answer.tally)
+                    if self.cache:
+                        await self.cache.put(key, answer.response)
+        except Exception as exc:
+            answer.status, answer.error = _failure(exc, variant.settings.timeout_s)
+        return answer
+
+    async def _finish(
+        self, variant: Variant, answer: _Answer, progress: _Progress, slot: asyncio.Semaphore,
+    ) -> None:
+        """Score an answer within the case's deadline, then journal it; frees its slot."""
+        assert self._publisher is not None
+        try:
+            result = await self._result(variant, answer, progress)
             progress.add(result)
-            # Durable: listeners hear of it after its fsync; this worker need not wait for it.
+            # Durable: listeners hear of it after its fsync; nothing here waits for that.
             self._publisher.publish(CASE_FINISHED, result.to_dict(), durable=True)
             await self._publisher.throttle()
-            now = time.monotonic()
-            if now - progress.last_emit >= variant.settings.progress_interval_s:
-                progress.last_emit = now
-                self._emit("progress", progress.snapshot())
+        finally:
+            slot.release()
+        now = time.monotonic()
+        if now - progress.last_emit >= variant.settings.progress_interval_s:
+            progress.last_emit = now
+            self._emit("progress", progress.snapshot())
 
-    async def _case(
-        self,
-        variant: Variant,
-        case: GoldenCase,
-        repeat: int,
-        limiter: RateLimiter,
-        progress: _Progress,
-    ) -> CaseResult:
-        settings = variant.settings
-        started = time.monotonic()
-        key = cache_key(variant.system.describe(), _prompt(case), repeat)
-        tally, cached, error = _Tally(), False, None
-        status = CaseStatus.SCORED
-        response: SutResponse | None = None
+    async def _result(self, variant: Variant, answer: _Answer, progress: _Progress
+                      ) -> CaseResult:
+        settings, case, response = variant.settings, answer.case, answer.response
+        status, error = answer.status, answer.error
         metrics: dict[str, float | None] = {}
-        try:
-            async with asyncio.timeout(settings.timeout_s):
-                response = await self.cache.get(key) if self.cache else None
-                cached = response is not None
-                if response is None:
-                    response = await self._ask(variant, case, limiter, progress, tally)
-                    if self.cache:
-                        await self.cache.put(key, response)
-                answered = response
-                metrics, _ = await self._retrying(
-                    variant, case, progress, lambda: self._score(case, answered, settings),
-                )
-        except TimeoutError:
-            status, error = CaseStatus.TIMEOUT, f"no answer within {settings.timeout_s:g} s"
-        except TruthGuardError as exc:
-            status, error = CaseStatus.ERROR, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a bug in an adapter must not take the run down
-            status, error = CaseStatus.ERROR, f"unexpected {type(exc).__name__}: {exc}"
+        if response is not None and status is CaseStatus.SCORED:
+            try:
+                async with asyncio.timeout_at(answer.deadline):
+                    metrics, _ = await self._retrying(
+                        variant, case, progress, lambda: self._score(case, response, settings),
+                    )
+            except Exception as exc:
+                status, error = _failure(exc, settings.timeout_s)
         cost = 0.0
-        if response is not None and not cached:
+        if response is not None and not answer.cached:
             cost = (response.prompt_tokens * settings.price_prompt_per_mtok
                     + response.completion_tokens * settings.price_completion_per_mtok) / 1e6
         return CaseResult(
             run_id=self.run_id,
             variant=variant.name,
             case_id=case.id,
-            repeat=repeat,
+            repeat=answer.repeat,
             tenant=case.tenant,
             tags=case.tags,
             status=status,
@@ -352,10 +407,10 @@ class RunEngine:
             question=_question(case),
             error=error,
             response=response,
-            attempts=max(tally.attempts, 1) if not cached else 0,
-            latency_ms=(time.monotonic() - started) * 1000,
+            attempts=max(answer.tally.attempts, 1) if not answer.cached else 0,
+            latency_ms=(time.monotonic() - answer.started) * 1000,
             cost_usd=cost,
-            cached=cached,
+            cached=answer.cached,
             finished_at=time.time(),
         )
 
@@ -423,6 +478,11 @@ def score_offline(
     if loop is None:
         loop = _worker_state.loop = asyncio.new_event_loop()
     return loop.run_until_complete(score_case(case, response, ks, None, ragas))
+
+
+def warm_scoring() -> None:
+    """Nothing to do: a pool worker that runs it has imported this module, and with it every
+    metric, so the first case it scores does not wait for ragas' import."""
 
 
 def finished_keys(journal: Path) -> set[Key]:

@@ -5,9 +5,11 @@ Shared by the CLI and the dashboard server; the adapters come from `guard.bootst
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pandas as pd
 
 from guard.bootstrap import build_judge, build_wiring, describe_variants, rag_config_for
 from guard.cache import ResponseCache
-from guard.engine import Listener, RunEngine
+from guard.engine import Listener, RunEngine, warm_scoring
 from guard.gates import GateResult, check_floors
 from guard.golden import GoldenCase, GoldenDataset, dataset_hash, load_dataset
 from guard.journal import Journal
@@ -144,11 +146,12 @@ class GuardService:
         wiring = build_wiring(spec, config)
         journal = Journal.open(self.store.journal_path(run_id), run_id)
         cache = ResponseCache(self.cache_path) if self.cache_path else None
+        pool = score_pool(spec.run.score_workers)
         try:
             if spec.ingest:
                 await ingest_tenants(wiring.pipelines.values(), config, dataset.tenants(),
                                      ingest_progress)
-            engine = RunEngine(journal, cache, build_judge(spec), listeners)
+            engine = RunEngine(journal, cache, build_judge(spec), listeners, score_pool=pool)
             if engine_ready:
                 engine_ready(engine)
             meta = {"experiment": spec.name, "dataset": manifest["dataset"],
@@ -158,6 +161,8 @@ class GuardService:
             journal.close()
             if cache:
                 cache.close()
+            if pool:
+                pool.shutdown(cancel_futures=True)
             await wiring.aclose()
         return self.outcome(run_id, status)
 
@@ -167,6 +172,17 @@ class GuardService:
         summaries = summarize(frame, spec.confidence)
         return RunOutcome(run_id, status or self.store.info(run_id).status, spec, frame,
                           summaries, check_floors(summaries, spec.gates))
+
+
+def score_pool(workers: int) -> Executor | None:
+    """Processes for the CPU-bound metrics, or None to score on the event loop. forkserver:
+    forking a process that runs threads (the journal's fsync, the cache) is unsafe."""
+    if workers == 0:
+        return None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    for _ in range(workers):  # start the workers now, so they import while the run sets up
+        pool.submit(warm_scoring)
+    return pool
 
 
 async def ingest_tenants(

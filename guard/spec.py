@@ -36,6 +36,11 @@ class RunLimits(_Strict):
     repeat: int = Field(1, ge=1, le=100)
     ks: tuple[Annotated[int, Field(ge=1)], ...] = (1, 3, 5, 10)
     ragas: bool = True
+    # Processes that compute the non-LLM metrics; 0 computes them on the event loop. ragas'
+    # metrics cost ~1.5 ms of CPU a case: at hundreds of cases a second that crowds the loop.
+    score_workers: int = Field(0, ge=0, le=64)
+    # Pause between starting one request worker and the next (see RunSettings.stagger_s).
+    stagger_s: float = Field(0.005, ge=0, le=10)
 
 
 class VariantSpec(_Strict):

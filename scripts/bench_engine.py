@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python scripts/bench_engine.py [--cases 2000] [--concurrency 64] [--delay-ms 200]
-        [--score-workers 1] [--memory-cases 5000 50000] [--skip-speed] [--skip-memory]
+        [--score-workers 1] [--rounds 3] [--memory-cases 5000 50000] [--skip-speed] [--skip-memory]
         [--skip-ragas-evaluate] [--profile]
 
 What it prints
@@ -14,12 +14,12 @@ What it prints
    Each row: wall time, ratio to the ideal (cases x delay / concurrency; target <= 1.1),
    throughput, this process's CPU per case, and the endpoint process's CPU per request. Rows:
    - plain loop: the same requests through the same client, no engine, no scoring, no
-     journal: the client's own ceiling; the engine's overhead is the gap to it;
+     journal, workers started as the engine starts them (`stagger_s` apart): the client's own
+     ceiling; the engine's overhead is the gap to it;
    - engine with ragas' non-LLM metrics off, on (scored on the event loop), and on with a
      scoring process pool (`RunEngine(score_pool=...)`, `--score-workers` processes);
-   - the same with the SDK's aiohttp transport (`openai.DefaultAioHttpClient`) in place of
-     the adapter's httpx2 client: DESIGN.md asks to measure a lighter backend if the pinned
-     client offers one; it does, and the adapter does not use it (yet).
+   - the plain loop again over the SDK's default httpx2 transport, for comparison: the adapter
+     uses the SDK's aiohttp transport (`openai.DefaultAioHttpClient`), measured lighter here.
 2. ragas' own `evaluate()` on the same cases and metrics. ragas cannot call a system under
    test; it scores a dataset that already holds the responses. The fair equivalent of one
    engine run is therefore: fetch every response from the same endpoint with the plain loop
@@ -45,7 +45,6 @@ import asyncio
 import cProfile
 import io
 import json
-import multiprocessing
 import os
 import pstats
 import resource
@@ -56,7 +55,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -117,7 +116,11 @@ def serve(delay_ms: float) -> None:
         return Response(body, media_type="application/json")
 
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off only on sockets whose protocol
+    # says TCP, and an accepted socket inherits it. With Nagle on, the body written after the
+    # headers waits for the client's delayed ACK: 40 ms on every response, the endpoint's
+    # fault and not the client's.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     print(sock.getsockname()[1], flush=True)
@@ -218,20 +221,19 @@ class Setup:
     """One timed configuration: the plain loop or the engine, its HTTP backend, its scoring."""
 
     label: str
-    backend: str  # "httpx2": the adapter's own client; "aiohttp": the SDK's aiohttp backend
+    backend: str  # "adapter": the adapter's own client (aiohttp); "httpx2": the SDK's default
     engine: bool = True
     ragas: bool = False
     pool: bool = False  # score in a process pool (`RunEngine(score_pool=...)`)
 
 
 SETUPS = (
-    Setup("plain loop, adapter's client", "httpx2", engine=False),
-    Setup("plain loop, aiohttp backend", "aiohttp", engine=False),
-    Setup("engine, ragas off", "httpx2"),
-    Setup("engine, ragas on", "httpx2", ragas=True),
-    Setup("engine, ragas on, score pool", "httpx2", ragas=True, pool=True),
-    Setup("engine+aiohttp, ragas off", "aiohttp"),
-    Setup("engine+aiohttp, ragas on, pool", "aiohttp", ragas=True, pool=True),
+    Setup("plain loop, adapter's client", "adapter", engine=False),
+    Setup("plain loop, httpx2 transport", "httpx2", engine=False),
+    Setup("engine, ragas off", "adapter"),
+    Setup("engine, ragas off, httpx2", "httpx2"),
+    Setup("engine, ragas on", "adapter", ragas=True),
+    Setup("engine, ragas on, score pool", "adapter", ragas=True, pool=True),
 )
 
 
@@ -261,8 +263,8 @@ class Clock:
 
 
 def openai_system(base_url: str, concurrency: int, backend: str) -> Any:
-    """The `openai` system under test, as `guard.bootstrap` builds it; with `aiohttp`, the
-    same adapter over the SDK's aiohttp transport (what `_build_client` could build)."""
+    """The `openai` system under test, as `guard.bootstrap` builds it; with `httpx2`, the
+    same adapter over the SDK's default transport instead of aiohttp."""
     import httpx2
     import openai
 
@@ -270,10 +272,10 @@ def openai_system(base_url: str, concurrency: int, backend: str) -> Any:
 
     system = OpenAIEndpointSystem(base_url, MODEL, "not-needed", timeout=60,
                                   max_connections=concurrency)
-    if backend == "aiohttp":
+    if backend == "httpx2":
         limits = httpx2.Limits(max_connections=concurrency,
                                max_keepalive_connections=concurrency)
-        http_client = openai.DefaultAioHttpClient(limits=limits, timeout=60)
+        http_client = openai.DefaultAsyncHttpx2Client(limits=limits, timeout=60)
         system._client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed",
                                             max_retries=0, timeout=60, http_client=http_client)
     return system
@@ -291,23 +293,27 @@ async def warm_up(system: Any, concurrency: int) -> None:
 async def plain_loop(
     cases: Sequence[GoldenCase], system: Any, concurrency: int, clock: Clock
 ) -> list[SutResponse]:
-    """Every case through the client, `concurrency` at a time: no engine, scoring or journal."""
-    gate = asyncio.Semaphore(concurrency)
+    """Every case through the client by `concurrency` workers started `stagger_s` apart, as
+    the engine starts its own: no scoring, journal or cache."""
+    stagger, pending = RunSettings().stagger_s, iter(enumerate(cases))
+    responses: list[SutResponse | None] = [None] * len(cases)
 
-    async def one(case: GoldenCase) -> SutResponse:
-        async with gate:
-            response: SutResponse = await system.respond(case)
-            return response
+    async def worker(number: int) -> None:
+        await asyncio.sleep(number * stagger)
+        for index, case in pending:
+            responses[index] = await system.respond(case)
 
     with clock:
-        return list(await asyncio.gather(*(one(c) for c in cases)))
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    return [r for r in responses if r is not None]
 
 
 async def engine_loop(
     cases: Sequence[GoldenCase], system: Any, setup: Setup, concurrency: int, folder: Path,
     pool: Executor | None, clock: Clock, profiler: cProfile.Profile | None,
 ) -> None:
-    journal = Journal.open(folder / f"journal-{SETUPS.index(setup)}.jsonl", "bench")
+    # A new folder each time: an existing journal would be resumed, not run.
+    journal = Journal.open(Path(tempfile.mkdtemp(dir=folder)) / "journal.jsonl", "bench")
     try:
         engine = RunEngine(journal, score_pool=pool if setup.pool else None)
         settings = RunSettings(concurrency=concurrency, timeout_s=60, ragas=setup.ragas)
@@ -360,8 +366,11 @@ def print_profile(profiler: cProfile.Profile, top: int = 25) -> None:
 
 
 def score_pool(workers: int) -> Executor:
-    """A process pool for scoring, its workers started and ragas imported in each."""
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    """The scoring pool `guard run` builds for `score_workers`, warmed up before timing."""
+    from guard.service import score_pool as service_score_pool  # here: it imports pandas
+
+    pool = service_score_pool(workers)
+    assert pool is not None
     response = InstantSystem().response
     warm = [pool.submit(score_offline, make_case(i), response, (1, 3, 5, 10), True)
             for i in range(4 * workers)]
@@ -413,21 +422,31 @@ def speed(args: argparse.Namespace) -> None:
           f"{args.delay_ms:g} ms: ideal {args.cases} x {args.delay_ms / 1000:g} / "
           f"{args.concurrency} = {ideal:.2f} s (target ratio <= 1.1); {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    timings: dict[str, Timing] = {}
+    print(f"{args.rounds} rounds, the setups taking turns; each row is the round with the "
+          "median wall time, then the range of ratios over all rounds")
+    rounds: dict[str, list[tuple[Timing, float]]] = {setup.label: [] for setup in SETUPS}
     fetched: list[SutResponse] = []
     pool = score_pool(args.score_workers)
     try:
         with Endpoint(args.delay_ms) as endpoint, tempfile.TemporaryDirectory() as tmp:
-            for setup in SETUPS:
-                served = endpoint.cpu_s()
-                timing, responses = asyncio.run(
-                    timed(setup, cases, args, endpoint.base_url, Path(tmp), pool))
-                fetched = fetched or responses
-                timings[setup.label] = timing
-                served_ms = (endpoint.cpu_s() - served) * 1000 / (len(cases) + args.concurrency)
-                print(f"{timing.line(ideal)}  endpoint {served_ms:4.2f}")
+            for _ in range(args.rounds):
+                for setup in SETUPS:
+                    served = endpoint.cpu_s()
+                    timing, responses = asyncio.run(
+                        timed(setup, cases, args, endpoint.base_url, Path(tmp), pool))
+                    fetched = fetched or responses
+                    served_ms = ((endpoint.cpu_s() - served) * 1000
+                                 / (len(cases) + args.concurrency))
+                    rounds[setup.label].append((timing, served_ms))
     finally:
         pool.shutdown()
+    timings = {}
+    for label, runs in rounds.items():
+        runs.sort(key=lambda run: run[0].wall_s)
+        timing, served_ms = runs[len(runs) // 2]
+        timings[label] = timing
+        low, high = runs[0][0].wall_s / ideal, runs[-1][0].wall_s / ideal
+        print(f"{timing.line(ideal)}  endpoint {served_ms:4.2f}  range {low:.3f}-{high:.3f}")
     if not args.skip_ragas_evaluate:
         compare_with_ragas(cases, fetched, timings, ideal)
 
@@ -531,6 +550,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=200.0)
     parser.add_argument("--memory-cases", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each speed setup runs; the median is shown (default 3)")
     parser.add_argument("--skip-ragas-evaluate", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")

@@ -27,6 +27,7 @@ from guard.domain import CaseResult, Context, Event, SutResponse
 from guard.engine import RunEngine, RunSettings, Variant
 from guard.golden import GoldenCase
 from guard.journal import Journal, read_events, read_results
+from guard.scoring import Judge
 from rag.errors import ProviderError, RetryableProviderError
 
 
@@ -204,12 +205,13 @@ async def run_engine(
     check_journal_first: bool = False,
     log: EventLog | None = None,
     score_pool: Executor | None = None,
+    judge: Judge | None = None,
 ) -> Outcome:
     """Open the journal, run (or resume) the cases, close it; return what was heard."""
     log = log or EventLog(journal_path if check_journal_first else None)
     journal = Journal.open(journal_path, "run-test")
     try:
-        engine = RunEngine(journal, cache, listeners=[log], score_pool=score_pool)
+        engine = RunEngine(journal, cache, judge, listeners=[log], score_pool=score_pool)
         if engine_ready is not None:
             engine_ready(engine)
         status = await engine.run(cases, list(variants), {"experiment": "test"})

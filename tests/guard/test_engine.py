@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import multiprocessing
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,12 @@ from fakes import (
 )
 
 from guard.cache import ResponseCache, cache_key
-from guard.domain import CaseStatus, Event
+from guard.domain import CaseStatus, Event, SutResponse
 from guard.engine import RunEngine, Variant, _prompt
+from guard.golden import GoldenCase
 from guard.journal import CASE_FINISHED, Journal, read_events
 from guard.limits import RateLimiter, RetryPolicy
+from guard.service import score_pool
 from rag.errors import StorageError
 
 
@@ -146,6 +146,61 @@ def test_each_variant_has_its_own_concurrency_bound(journal_path: Path) -> None:
 
     assert (first.max_in_flight, second.max_in_flight) == (2, 6)
     assert Counter(r.variant for r in outcome.results) == {"a": 24, "b": 24}
+
+
+def test_workers_start_staggered_so_requests_do_not_leave_in_one_burst(
+    journal_path: Path,
+) -> None:
+    system = ScriptedSystem(default=Answer(delay_s=0.5))
+    variant = Variant("v", system, settings(concurrency=4, stagger_s=0.05))
+
+    asyncio.run(run_engine(journal_path, make_cases(4), [variant]))
+
+    starts = sorted(at for _, at in system.calls)
+    assert all(later - earlier >= 0.045 for earlier, later in itertools.pairwise(starts))
+
+
+def test_a_slow_judge_does_not_hold_the_systems_request_slots(journal_path: Path) -> None:
+    """The judge scores case 1 only once the system has been asked for all four cases: an
+    engine that scored inside the request slot (concurrency 2) would wait forever."""
+    cases = make_cases(4)
+    all_asked = asyncio.Event()
+    system = ScriptedSystem(on_call=lambda _, calls: all_asked.set() if calls == 4 else None)
+
+    class WaitingJudge:
+        async def score(self, case: GoldenCase, response: SutResponse) -> dict[str, float | None]:
+            await all_asked.wait()
+            return {"judge.faithfulness": 1.0}
+
+    variant = Variant("v", system, settings(concurrency=2, timeout_s=3.0))
+    outcome = asyncio.run(run_engine(journal_path, cases, [variant], judge=WaitingJudge()))
+
+    assert [r.status for r in outcome.results] == [CaseStatus.SCORED] * 4
+    assert all(r.metrics["judge.faithfulness"] == 1.0 for r in outcome.results)
+
+
+def test_answers_waiting_for_scores_are_bounded_by_the_concurrency(journal_path: Path) -> None:
+    """Scoring is stuck until 0.3 s after the 4th request: 2 answers hold the 2 scoring
+    slots and each of the 2 workers holds one more, so no 5th request leaves before then."""
+    release = asyncio.Event()
+
+    def on_call(case: GoldenCase, calls: int) -> None:
+        if calls == 4:
+            asyncio.get_running_loop().call_later(0.3, release.set)
+
+    class StuckJudge:
+        async def score(self, case: GoldenCase, response: SutResponse) -> dict[str, float | None]:
+            await release.wait()
+            return {}
+
+    system = ScriptedSystem(on_call=on_call)
+    variant = Variant("v", system, settings(concurrency=2))
+    outcome = asyncio.run(run_engine(journal_path, make_cases(10), [variant],
+                                     judge=StuckJudge()))
+
+    assert len(system.calls) == 10 and len(outcome.results) == 10
+    times = [at for _, at in system.calls]
+    assert times[4] - times[3] >= 0.29
 
 
 def test_rate_limiter_spaces_requests_once_the_burst_is_spent() -> None:
@@ -407,8 +462,9 @@ def test_scoring_in_a_process_pool_gives_the_same_metrics(tmp_path: Path) -> Non
     cases = make_cases(16)
     in_loop = asyncio.run(run_engine(tmp_path / "loop.jsonl", cases,
                                      [Variant("v", ScriptedSystem(), settings())]))
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
+    pool = score_pool(1)  # as `guard run` builds it for `score_workers = 1`
+    assert pool is not None
+    with pool:
         pooled = asyncio.run(run_engine(tmp_path / "pool.jsonl", cases,
                                         [Variant("v", ScriptedSystem(), settings())],
                                         score_pool=pool))
