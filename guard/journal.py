@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,38 @@ def read_results(path: Path) -> Iterator[CaseResult]:
     for event in read_events(path):
         if event.type == CASE_FINISHED:
             yield CaseResult.from_dict(event.data)
+
+
+def read_new_lines(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines from byte `offset` on, parsed, and the offset just past the last
+    of them. A line still being written has no newline yet and is left for the next call."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            block = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = block.rfind(b"\n") + 1
+    return [json.loads(line) for line in block[:end].splitlines()], offset + end
+
+
+class ResultTail:
+    """A journal's case results, kept and extended by reading only what was appended since
+    the last call: a live run's reader pays per new case, not per case, on every call.
+    Thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._results: list[CaseResult] = []
+        self._lock = threading.Lock()
+
+    def results(self) -> list[CaseResult]:
+        with self._lock:
+            rows, self._offset = read_new_lines(self.path, self._offset)
+            self._results.extend(CaseResult.from_dict(row["data"]) for row in rows
+                                 if row["type"] == CASE_FINISHED)
+            return list(self._results)
 
 
 class Journal:

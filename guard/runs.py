@@ -18,6 +18,29 @@ from rag.errors import InputError, StorageError
 RUN_ID_PATTERN = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9a-f]{6}")
 
 
+@dataclass
+class JournalState:
+    """What a run's journal says so far, folded event by event (a reader that tails the
+    journal folds only the new ones)."""
+
+    done: int = 0  # case results
+    total: int | None = None  # from the latest run_started
+    ended: str | None = None  # the latest run_finished's status
+    progress: dict[str, Any] | None = None  # the latest progress or run_finished figures
+    last_id: int = 0
+
+    def add(self, event_id: int, type_: str, data: dict[str, Any]) -> None:
+        self.last_id = event_id
+        if type_ == "case_finished":
+            self.done += 1
+        elif type_ == "run_started":  # a resume starts the run again
+            self.total, self.ended = int(data.get("total", 0)), None
+        if type_ == "run_finished":
+            self.ended = str(data.get("status", "finished"))
+        if type_ in ("progress", "run_finished"):
+            self.progress = {k: v for k, v in data.items() if k != "status"}
+
+
 @dataclass(frozen=True)
 class RunInfo:
     run_id: str
@@ -81,20 +104,19 @@ class RunStore:
             reverse=True,
         )
 
-    def info(self, run_id: str) -> RunInfo:
+    def info(self, run_id: str, state: JournalState | None = None) -> RunInfo:
+        """The run's listing; `state`, if given, is its journal already folded."""
         manifest = self.manifest(run_id)
         journal = self.journal_path(run_id)
-        done, total, status = 0, int(manifest.get("total", 0)), "interrupted"
-        for event in read_events(journal):
-            if event.type == "case_finished":
-                done += 1
-            elif event.type == "run_started":
-                total = int(event.data.get("total", total))
-            elif event.type == "run_finished":
-                status = str(event.data.get("status", "finished"))
+        if state is None:
+            state = JournalState()
+            for event in read_events(journal):
+                state.add(event.id, event.type, event.data)
+        status = state.ended or "interrupted"
         if status == "interrupted" and is_being_written(journal):
             status = "running"
-        return RunInfo(run_id, str(manifest.get("experiment", "")), status, done, total,
+        total = state.total if state.total is not None else int(manifest.get("total", 0))
+        return RunInfo(run_id, str(manifest.get("experiment", "")), status, state.done, total,
                        float(manifest.get("created", 0.0)),
                        tuple(manifest.get("tenants", ())), tuple(manifest.get("variants", ())))
 

@@ -929,12 +929,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fast", action="store_true", help="the subset the test suite runs")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--load-only", action="store_true",
+                        help="only the load section (the dashboard under 100 event streams)")
     args = parser.parse_args(argv)
     fast = bool(args.fast)
     report = Report(fast)
     started = time.monotonic()
     with _workdir(args.keep) as work:
         say(f"working in {work}")
+        if args.load_only:
+            load(report, work, clients=100, cases=10_000)
+            return _finish(report, started)
         asyncio.run(_ingest_tenants(work / "tenant-data"))
         faults(report, work, 30 if fast else 400)
         if fast:
@@ -957,6 +962,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.add("load held", "skipped", note="--fast: measured by the full run only")
         else:
             load(report, work, clients=100, cases=10_000)
+    return _finish(report, started)
+
+
+def _finish(report: Report, started: float) -> int:
     print(report.render())
     for problem in report.problems:
         print(f"  problem: {problem}")

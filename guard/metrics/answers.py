@@ -17,14 +17,14 @@ from typing import Literal
 
 AbstentionOutcome = Literal["correct_refusal", "hallucination", "missed_answer", "answered"]
 
-_PUNCTUATION = frozenset(string.punctuation)
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
     """SQuAD normalisation: lowercase, drop ASCII punctuation, drop the words a/an/the, then
     collapse runs of whitespace to single spaces (no leading or trailing space)."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    text = text.lower().translate(_NO_PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 

@@ -29,7 +29,6 @@ import bisect
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -52,9 +51,8 @@ from guard.bootstrap import rag_config_for
 from guard.domain import CaseResult, CaseStatus
 from guard.engine import RunEngine
 from guard.gates import higher_is_better
-from guard.journal import read_events, read_results
-from guard.results import status_counts
-from guard.runs import RUN_ID_PATTERN, RunInfo, RunStore, is_being_written
+from guard.journal import read_new_lines
+from guard.runs import RunInfo, RunStore, is_being_written
 from guard.service import GuardService, load_spec_dataset
 from guard.spec import load_spec
 from guard.web.auth import (
@@ -65,6 +63,7 @@ from guard.web.auth import (
     TokenRegistry,
     cross_site,
 )
+from guard.web.reader import RunReader
 from guard.web.settings import WebSettings
 from rag.errors import InputError, TruthGuardError
 from rag.logging import bind_correlation_id, configure_logging, new_correlation_id
@@ -96,6 +95,7 @@ class ApiError(Exception):
 
 _NOT_FOUND = "run not found"
 _OPEN = ("running", "interrupted")  # statuses of a run that has not ended
+_BATCH = 500  # SSE messages per write, at most
 
 
 # journal tailing ------------------------------------------------------------------------------
@@ -111,16 +111,9 @@ class _Read:
 def _read_journal(path: Path, offset: int, last_id: int) -> _Read:
     """The complete lines from `offset` on, as SSE messages (ids <= `last_id` skipped).
     Pure: a caller cancelled while this runs in a thread loses nothing."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            block = fh.read()
-    except FileNotFoundError:
-        return _Read([], offset, False)
-    end = block.rfind(b"\n") + 1  # a line being written has no newline yet: not an event
+    rows, end = read_new_lines(path, offset)
     events = []
-    for line in block[:end].splitlines():
-        row = json.loads(line)
+    for row in rows:
         if row["id"] <= last_id:
             continue
         last_id = row["id"]
@@ -128,7 +121,7 @@ def _read_journal(path: Path, offset: int, last_id: int) -> _Read:
         message = ServerSentEvent(data, event=row["type"], id=str(last_id)).encode()
         events.append((last_id, row["type"], message))
     # Checked after reading: a run_finished read above is final only if no writer is back.
-    return _Read(events, offset + end, is_being_written(path))
+    return _Read(events, end, is_being_written(path))
 
 
 class JournalFeed:
@@ -196,10 +189,13 @@ class FeedHub:
             while True:
                 await feed.refresh()
                 index = bisect.bisect_right(feed.ids, after)
+                # Everything new in one write: at hundreds of events a second and a hundred
+                # streams, one send per event would keep the event loop busy on its own.
                 while index < len(feed.ids):
-                    after = feed.ids[index]
-                    yield feed.chunks[index]
-                    index += 1
+                    batch = feed.chunks[index:index + _BATCH]
+                    index += len(batch)
+                    after = feed.ids[index - 1]
+                    yield b"".join(batch)
                 if feed.finished and (not feed.ids or after >= feed.ids[-1]):
                     return
                 await asyncio.sleep(self._poll_s)
@@ -294,99 +290,6 @@ class Runner:
 # reading runs -------------------------------------------------------------------------------
 
 
-class _StatCache:
-    """A small LRU keyed on (run id, journal size, journal mtime, extra key)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-
-    def get_or_make(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = make()
-        self._items[key] = value
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return value
-
-
-def _stat_key(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)
-
-
-class RunReader:
-    """Run listings, summaries and cases, cached on the journal's size and mtime so that
-    many dashboards watching one run do not each re-read it."""
-
-    def __init__(self, service: GuardService) -> None:
-        self.service = service
-        self.store: RunStore = service.store
-        self._infos = _StatCache(512)
-        self._summaries = _StatCache(16)
-        self._cases = _StatCache(8)
-
-    def tenants(self, run_id: str) -> tuple[str, ...] | None:
-        """The run's tenants, or None when there is no such run."""
-        if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
-            return None
-        if not self.store.exists(run_id):
-            return None
-        return tuple(self.store.manifest(run_id).get("tenants", ()))
-
-    def info(self, run_id: str) -> RunInfo:
-        journal = self.store.journal_path(run_id)
-        key = (run_id, *_stat_key(journal), is_being_written(journal))
-        info: RunInfo = self._infos.get_or_make(key, lambda: self.store.info(run_id))
-        return info
-
-    def visible(self, principal: Principal) -> list[RunInfo]:
-        out = []
-        for run_id in self.store.run_ids():
-            tenants = self.tenants(run_id)
-            if tenants is not None and principal.can_see(tenants):
-                out.append(self.info(run_id))
-        return out
-
-    def summary(self, run_id: str) -> dict[str, Any]:
-        journal = self.store.journal_path(run_id)
-        key = (run_id, *_stat_key(journal))
-        summary: dict[str, Any] = self._summaries.get_or_make(key, lambda: self._summary(run_id))
-        return summary
-
-    def _summary(self, run_id: str) -> dict[str, Any]:
-        outcome = self.service.outcome(run_id)
-        progress, last_id = None, 0
-        for event in read_events(self.store.journal_path(run_id)):
-            last_id = event.id
-            if event.type in ("progress", "run_finished"):
-                progress = {k: v for k, v in event.data.items() if k != "status"}
-        return {
-            "confidence": outcome.spec.confidence,
-            "summaries": [{"variant": s.variant, "metric": s.metric, "mean": s.ci.mean,
-                           "low": s.ci.low, "high": s.ci.high, "n": s.ci.n,
-                           "n_missing": s.ci.n_missing} for s in outcome.summaries],
-            "status_counts": status_counts(outcome.frame) if not outcome.frame.empty else {},
-            "gates": [{"variant": g.variant, "metric": g.metric, "rule": g.rule,
-                       "passed": g.passed, "detail": g.detail} for g in outcome.gates],
-            "passed": outcome.passed,
-            "progress": progress,
-            "last_event_id": last_id,
-        }
-
-    def cases(self, run_id: str) -> list[CaseResult]:
-        journal = self.store.journal_path(run_id)
-        key = (run_id, *_stat_key(journal))
-        cases: list[CaseResult] = self._cases.get_or_make(
-            key, lambda: list(read_results(journal)))
-        return cases
-
-
 def _info_json(info: RunInfo, runner: Runner) -> dict[str, Any]:
     out = asdict(info)
     out["started_here"] = runner.started_here(info.run_id)
@@ -433,6 +336,24 @@ class CaseFilter:
             else:
                 worst = (0, value if higher_is_better(self.metric) else -value)
         return (_STATUS_ORDER[case.status], worst, case.variant, case.case_id, case.repeat)
+
+
+def _case_page(run_id: str, cases: list[CaseResult], wanted: CaseFilter, limit: int,
+               offset: int) -> dict[str, Any]:
+    kept = sorted((c for c in cases if wanted.keep(c)), key=wanted.order)
+    return {
+        "run_id": run_id,
+        "total": len(kept),
+        "offset": offset,
+        "limit": limit,
+        "cases": [c.to_dict() for c in kept[offset:offset + limit]],
+        "facets": {
+            "variants": sorted({c.variant for c in cases}),
+            "tags": sorted({t for c in cases for t in c.tags}),
+            "metrics": sorted({m for c in cases for m in c.metrics}),
+            "statuses": [s.value for s in CaseStatus],
+        },
+    }
 
 
 def _case_filter(request: Request) -> CaseFilter:
@@ -633,21 +554,9 @@ class DashboardApi:
         offset = _int_param(request, "offset", 0, 0, 10_000_000)
 
         def select() -> dict[str, Any]:
-            cases = self.reader.cases(run_id)
-            kept = sorted((c for c in cases if wanted.keep(c)), key=wanted.order)
-            return {
-                "run_id": run_id,
-                "total": len(kept),
-                "offset": offset,
-                "limit": limit,
-                "cases": [c.to_dict() for c in kept[offset:offset + limit]],
-                "facets": {
-                    "variants": sorted({c.variant for c in cases}),
-                    "tags": sorted({t for c in cases for t in c.tags}),
-                    "metrics": sorted({m for c in cases for m in c.metrics}),
-                    "statuses": [s.value for s in CaseStatus],
-                },
-            }
+            return self.reader.derived(
+                run_id, ("cases", wanted, limit, offset),
+                lambda cases: _case_page(run_id, cases, wanted, limit, offset))
 
         return JSONResponse(await asyncio.to_thread(select))
 
@@ -747,6 +656,7 @@ def create_app(settings: WebSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await api.runner.aclose()
+        api.reader.close()
 
     routes = [
         Route("/", api.index, methods=["GET"]),

@@ -329,11 +329,22 @@ def translate_error(exc: openai.OpenAIError) -> ProviderError:
             headers = dict(exc.response.headers) if exc.response is not None else None
             return RetryableProviderError(message, retry_after=parse_retry_after(headers))
         return ProviderError(message)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return RetryableProviderError(f"the chat endpoint timed out: {exc}")
     if isinstance(exc, openai.APIConnectionError):
         return RetryableProviderError(f"cannot reach the chat endpoint: {exc}")
     return ProviderError(f"the chat endpoint failed: {exc}")
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the cause is a failed connect, not a timeout: the SDK's aiohttp transport
+    reports a refused connection as a connect timeout."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _tool_call(name: str, arguments: str | None) -> ToolCall:
