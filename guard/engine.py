@@ -7,8 +7,12 @@ per case is kept after it is journaled except running sums for progress (a resum
 keeps the keys of the cases it skips). Case ids must be unique within `cases`, as the dataset
 loader guarantees.
 
-CPU-bound scoring (ragas' non-LLM metrics cost a few ms a case) can run in a process pool
-passed as `score_pool`, so the loop only does I/O; the judge's calls stay on the loop.
+A worker asks the system for one case after another; each answer is scored in a task of its
+own (at most `concurrency` of them per variant), so scoring, and above all an LLM judge, never
+holds a request slot. CPU-bound scoring (ragas' non-LLM metrics cost about a millisecond a
+case) can run in a process pool passed as `score_pool`, so the loop only does I/O; the judge's
+calls stay on the loop. Workers start `stagger_s` apart: started together, they would send
+their requests in waves that the provider and this loop serve one by one.
 
 Events are written by group commit (`_Publisher`): each is appended to the journal as it
 happens, a worker thread fsyncs the batch of case results that finished meanwhile, and only

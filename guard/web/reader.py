@@ -98,6 +98,7 @@ class RunReader:
         self.store: RunStore = service.store
         self.live_refresh_s = live_refresh_s
         self._tails = _Lru(16)
+        self._infos = _Lru(512)
         self._summaries = _Lru(16)
         self._live: dict[str, _LiveSummary] = {}
         self._derived: OrderedDict[tuple[str, Hashable], tuple[Any, int, float]] = OrderedDict()
@@ -121,8 +122,15 @@ class RunReader:
         return tail
 
     def info(self, run_id: str) -> RunInfo:
-        state, _ = self._tail(run_id).look()
-        return self.store.info(run_id, state)
+        """A live run's from its tail; any other's read once per journal version, without
+        keeping its cases (a listing touches every run)."""
+        journal = self.store.journal_path(run_id)
+        if is_being_written(journal):
+            state, _ = self._tail(run_id).look()
+            return self.store.info(run_id, state)
+        key = (run_id, *_stat_key(journal))
+        info: RunInfo = self._infos.get_or_make(key, lambda: self.store.info(run_id))
+        return info
 
     def visible(self, principal: Principal) -> list[RunInfo]:
         out = []
@@ -154,8 +162,7 @@ class RunReader:
 
     def summary(self, run_id: str) -> dict[str, Any]:
         journal = self.store.journal_path(run_id)
-        state, _ = self._tail(run_id).look()
-        if state.ended is None and is_being_written(journal):
+        if is_being_written(journal) and self._tail(run_id).look()[0].ended is None:
             return self._live_summary(run_id)
         with self._lock:
             self._live.pop(run_id, None)
