@@ -82,7 +82,10 @@ def summarize(
     out: list[MetricSummary] = []
     if frame.empty:
         return out
-    scored = frame[frame["status"] == CaseStatus.SCORED.value]
+    # In case order: the journal's order depends on which answer came back first, and the
+    # bootstrap's resamples depend on the order, so same cases, same interval needs a fixed one.
+    scored = frame[frame["status"] == CaseStatus.SCORED.value].sort_values(
+        ["case_id", "repeat"], kind="stable")
     for variant in sorted(frame["variant"].unique()):
         rows = scored[scored["variant"] == variant]
         for metric in metrics or metric_columns(frame):
