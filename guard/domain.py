@@ -45,6 +45,9 @@ class SutResponse:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     model: str = ""
+    # Stage -> ms, as the system reports them: "embedding", "dense", "lexical", "fusion",
+    # "generation", "first_token"; empty when it reports none.
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # By hand, not `asdict`: that deep-copies every leaf, and it was the engine's largest
@@ -64,6 +67,7 @@ class SutResponse:
             "completion_tokens": self.completion_tokens,
             "latency_ms": self.latency_ms,
             "model": self.model,
+            "timings_ms": dict(self.timings_ms),
         }
 
     @classmethod
@@ -96,6 +100,7 @@ class CaseResult:
     cost_usd: float = 0.0
     cached: bool = False
     finished_at: float = 0.0
+    score_ms: float = 0.0  # the metrics' and the judge's share of latency_ms
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -119,6 +124,7 @@ class CaseResult:
             "cost_usd": self.cost_usd,
             "cached": self.cached,
             "finished_at": self.finished_at,
+            "score_ms": self.score_ms,
         }
 
     @classmethod

@@ -387,6 +387,7 @@ class RunEngine:
         settings, case, response = variant.settings, answer.case, answer.response
         status, error = answer.status, answer.error
         metrics: dict[str, float | None] = {}
+        scoring = time.monotonic()
         if response is not None and status is CaseStatus.SCORED:
             try:
                 async with asyncio.timeout_at(answer.deadline):
@@ -395,6 +396,7 @@ class RunEngine:
                     )
             except Exception as exc:
                 status, error = _failure(exc, settings.timeout_s)
+        score_ms = (time.monotonic() - scoring) * 1000
         cost = 0.0
         if response is not None and not answer.cached:
             cost = (response.prompt_tokens * settings.price_prompt_per_mtok
@@ -416,6 +418,7 @@ class RunEngine:
             cost_usd=cost,
             cached=answer.cached,
             finished_at=time.time(),
+            score_ms=score_ms,
         )
 
     async def _score(self, case: GoldenCase, response: SutResponse, settings: RunSettings

@@ -23,7 +23,7 @@ from rag.errors import InputError
 BASE_COLUMNS = (
     "run_id", "variant", "case_id", "repeat", "tenant", "tags", "status", "error", "question",
     "answer", "contexts", "tool_calls", "abstained", "attempts", "cached", "latency_ms",
-    "cost_usd", "prompt_tokens", "completion_tokens", "finished_at",
+    "cost_usd", "prompt_tokens", "completion_tokens", "finished_at", "score_ms", "timings_ms",
 )
 
 
@@ -51,6 +51,8 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "prompt_tokens": response.prompt_tokens if response else 0,
         "completion_tokens": response.completion_tokens if response else 0,
         "finished_at": result.finished_at,
+        "score_ms": result.score_ms,
+        "timings_ms": json.dumps(response.timings_ms) if response else None,
     }
     row.update(result.metrics)
     return row

@@ -51,6 +51,9 @@ class RetrievalResult:
     arms: dict[str, list[ScoredChunk]] = field(default_factory=dict)
     query: str = ""
     latency_ms: float = 0.0
+    # Stage -> milliseconds: "embedding" (the query), "dense" and "lexical" (each arm's
+    # search, concurrent in hybrid mode), "fusion".
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Generation:
     usage: Usage = Usage()
     latency_ms: float = 0.0
     model: str = ""
+    first_token_ms: float | None = None  # streamed replies only
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,5 @@ class Answer:
     usage: Usage = Usage()
     latency_ms: float = 0.0
     model: str = ""
+    # The retrieval stages' timings, plus "generation" and, when streamed, "first_token".
+    timings_ms: dict[str, float] = field(default_factory=dict)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from rag.chunking import chunk_document, document_hash, indexable_text
 from rag.conversation import retrieval_query
@@ -28,6 +28,8 @@ from rag.errors import InputError
 from rag.fusion import rank, reciprocal_rank_fusion, weighted_score_fusion
 from rag.ports import Embedder, LexicalIndex, LLMProvider, VectorStore
 from rag.tenancy import validate_tenant_id
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,20 +160,24 @@ class RagPipeline:
             raise InputError(f"k must be at least 1, got {settings.k}")
         text = query if isinstance(query, str) else retrieval_query(query, settings.history_turns)
         started = time.perf_counter()
+        timings: dict[str, float] = {}
         depth = max(settings.k, settings.candidates) if settings.mode == "hybrid" else settings.k
         arms: dict[str, list[ScoredChunk]] = {}
         if settings.mode in ("dense", "hybrid"):
-            vector = await runtime.embedder.embed([text], kind="query")
-            dense_task = self.vectors.search(tenant, vector[0], depth)
+            vector = await _timed(timings, "embedding",
+                                  runtime.embedder.embed([text], kind="query"))
+            dense_task = _timed(timings, "dense", self.vectors.search(tenant, vector[0], depth))
         if settings.mode in ("lexical", "hybrid"):
-            lexical_task = self.lexical.search(tenant, text, depth)
+            lexical_task = _timed(timings, "lexical", self.lexical.search(tenant, text, depth))
         if settings.mode == "hybrid":
             arms["dense"], arms["lexical"] = await asyncio.gather(dense_task, lexical_task)
+            fusing = time.perf_counter()
             if settings.fusion == "rrf":
                 hits = reciprocal_rank_fusion(arms, settings.k, settings.rrf_k)
             else:
                 weights = {"dense": settings.dense_weight, "lexical": 1 - settings.dense_weight}
                 hits = weighted_score_fusion(arms, settings.k, weights)
+            timings["fusion"] = (time.perf_counter() - fusing) * 1000
         elif settings.mode == "dense":
             arms["dense"] = rank(await dense_task)
             hits = arms["dense"][: settings.k]
@@ -181,7 +187,8 @@ class RagPipeline:
         else:
             raise InputError(f"unknown retrieval mode {settings.mode!r}")
         latency = (time.perf_counter() - started) * 1000
-        return RetrievalResult(hits=hits, arms=arms, query=text, latency_ms=latency)
+        return RetrievalResult(hits=hits, arms=arms, query=text, latency_ms=latency,
+                               timings_ms=timings)
 
     async def answer(
         self,
@@ -210,6 +217,9 @@ class RagPipeline:
             usage=generation.usage,
             latency_ms=(time.perf_counter() - started) * 1000,
             model=generation.model,
+            timings_ms={**retrieval.timings_ms, "generation": generation.latency_ms,
+                        **({"first_token": generation.first_token_ms}
+                           if generation.first_token_ms is not None else {})},
         )
 
 
@@ -220,3 +230,11 @@ def _unique(documents: Iterable[Document]) -> list[Document]:
             raise InputError(f"duplicate document id {doc.doc_id!r}", location=doc.source or None)
         docs[doc.doc_id] = doc
     return list(docs.values())
+
+
+async def _timed(timings: dict[str, float], stage: str, step: Awaitable[T]) -> T:
+    """Await `step`, recording its duration in ms under `stage`."""
+    started = time.perf_counter()
+    result = await step
+    timings[stage] = (time.perf_counter() - started) * 1000
+    return result

@@ -452,7 +452,8 @@ def read_table(raw: bytes) -> pd.DataFrame:
     data = json.loads(raw)
     frame = pd.DataFrame(data.get("data", []), columns=data.get("columns", []))
     for column in frame.columns:
-        if column not in BASE_COLUMNS or column in ("latency_ms", "cost_usd", "finished_at"):
+        if column not in BASE_COLUMNS or column in ("latency_ms", "cost_usd", "finished_at",
+                                                    "score_ms"):
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     if "repeat" in frame:
         frame["repeat"] = pd.to_numeric(frame["repeat"], errors="coerce").fillna(0).astype(int)
@@ -484,12 +485,37 @@ _UNTIMED = ("not reported by the system under test: the span marks the stage, "
             "its duration is unknown")
 
 
+def _stage_windows(timings: dict[str, float], start_ns: int) -> dict[str, tuple[int, int]]:
+    """Each reported stage's (start, end) in ns, laid out in the pipeline's order: the query
+    embedding, then the dense search; the lexical search from the start, concurrently; fusion
+    after both arms; generation last. Only stages with a reported duration get a window."""
+    def ns(stage: str) -> int:
+        return int(timings.get(stage, 0.0) * 1e6)
+
+    windows: dict[str, tuple[int, int]] = {}
+    embedded = start_ns + ns("embedding")
+    if "embedding" in timings:
+        windows["embedding"] = (start_ns, embedded)
+    if "dense" in timings:
+        windows["dense"] = (embedded, embedded + ns("dense"))
+    if "lexical" in timings:
+        windows["lexical"] = (start_ns, start_ns + ns("lexical"))
+    retrieved = max([start_ns] + [end for _, end in windows.values()])
+    fused = retrieved + ns("fusion")
+    if "fusion" in timings:
+        windows["fusion"] = (retrieved, fused)
+    if "generation" in timings:
+        windows["generation"] = (fused, fused + ns("generation"))
+    return windows
+
+
 def _case_trace(client: MlflowClient, experiment_id: str, mlrun_id: str, result: CaseResult,
                 judge_model: str) -> None:
     """One trace per case: case > system_under_test > retrieval arms, fusion, generation; and
     judging. The case span is the engine's measured time; the system span its reported latency
-    (zero when the response came from the cache); judging the remainder (scoring, retries,
-    rate-limit waits). Per-stage timings are not in the journal, so stage spans are instants."""
+    (zero when the response came from the cache); stage spans the system's reported stage
+    timings (`SutResponse.timings_ms`, laid out by `_stage_windows`), instants marked untimed
+    when it reports none; judging the scoring time at the end of the case."""
     from mlflow.tracing.constant import SpanAttributeKey
 
     end_ns = int(result.finished_at * 1e9)
@@ -510,54 +536,73 @@ def _case_trace(client: MlflowClient, experiment_id: str, mlrun_id: str, result:
     )
     trace_id = root.trace_id
 
-    def span(name: str, parent: str, kind: str, start: int, end: int, *, inputs: Any = None,
+    def span(name: str, parent: str, kind: str, window: tuple[int, int], *, inputs: Any = None,
              outputs: Any = None, attributes: dict[str, Any] | None = None) -> str:
+        start, end = window
         child = client.start_span(name, trace_id=trace_id, parent_id=parent, span_type=kind,
                                   inputs=inputs, attributes=attributes, start_time_ns=start)
         client.end_span(trace_id, child.span_id, outputs=outputs, end_time_ns=max(end, start))
         return str(child.span_id)
 
-    sut_end = start_ns
     if response is not None:
         sut_ms = 0.0 if result.cached else min(response.latency_ms, result.latency_ms)
         sut_end = start_ns + int(sut_ms * 1e6)
+        timings = {} if result.cached else response.timings_ms
+        windows = _stage_windows(timings, start_ns)
+
+        def when(stage: str) -> tuple[tuple[int, int], dict[str, Any]]:
+            if stage in windows:
+                return windows[stage], {"duration_ms": timings[stage]}
+            return (start_ns, start_ns), {"truthguard.duration": _UNTIMED}
+
         sut = client.start_span(
             "system_under_test", trace_id=trace_id, parent_id=root.span_id, span_type="CHAIN",
             inputs={"question": result.question},
             attributes={"model": response.model, "latency_ms": response.latency_ms,
-                        "cached": result.cached, "attempts": result.attempts},
+                        "cached": result.cached, "attempts": result.attempts,
+                        **({"first_token_ms": timings["first_token"]}
+                           if "first_token" in timings else {})},
             start_time_ns=start_ns)
-        untimed = {"truthguard.duration": _UNTIMED}
+        if "embedding" in windows:
+            span("embedding", sut.span_id, "EMBEDDING", windows["embedding"],
+                 inputs={"query": result.question}, attributes=when("embedding")[1])
         for arm, doc_ids in response.arms.items():
-            span(f"retrieval.{arm}", sut.span_id, "RETRIEVER", start_ns, start_ns,
+            window, timing = when(arm)
+            span(f"retrieval.{arm}", sut.span_id, "RETRIEVER", window,
                  inputs={"query": result.question},
                  outputs=[{"id": d, "page_content": "", "metadata": {"doc_id": d, "rank": i}}
                           for i, d in enumerate(doc_ids, start=1)],
-                 attributes={**untimed, "arm": arm, "results": len(doc_ids)})
+                 attributes={**timing, "arm": arm, "results": len(doc_ids)})
         documents = [{"id": c.chunk_id, "page_content": c.text,
                       "metadata": {"doc_id": c.doc_id, "rank": c.rank, "score": c.score}}
                      for c in response.contexts]
         fused = len(response.arms) > 1
+        # Two arms: their fusion; one arm: its search is the retrieval; none reported: untimed.
+        window, timing = when("fusion" if fused else next(iter(response.arms), "retrieval"))
         span("fusion" if fused else "retrieval", sut.span_id,
-             "RERANKER" if fused else "RETRIEVER", start_ns, start_ns,
+             "RERANKER" if fused else "RETRIEVER", window,
              inputs={"arms": sorted(response.arms)} if fused else {"query": result.question},
-             outputs=documents, attributes={**untimed, "results": len(documents)})
+             outputs=documents, attributes={**timing, "results": len(documents)})
         usage = {"input_tokens": response.prompt_tokens,
                  "output_tokens": response.completion_tokens,
                  "total_tokens": response.prompt_tokens + response.completion_tokens}
-        span("generation", sut.span_id, "CHAT_MODEL", start_ns, start_ns,
+        window, timing = when("generation")
+        span("generation", sut.span_id, "CHAT_MODEL", window,
              inputs={"question": result.question, "contexts": len(documents)},
              outputs={"answer": response.answer, "tool_calls": list(response.tool_calls),
                       "abstained": response.abstained},
-             attributes={**untimed, SpanAttributeKey.CHAT_USAGE: usage,
+             attributes={**timing, SpanAttributeKey.CHAT_USAGE: usage,
                          SpanAttributeKey.MODEL: response.model,
                          "prompt_tokens": response.prompt_tokens,
                          "completion_tokens": response.completion_tokens})
         client.end_span(trace_id, sut.span_id, outputs={"answer": response.answer},
-                        end_time_ns=sut_end)
-    span("judging", root.span_id, "EVALUATOR", sut_end, end_ns,
+                        end_time_ns=max(sut_end, *(end for _, end in windows.values()))
+                        if windows else sut_end)
+    judged = max(start_ns, end_ns - int(result.score_ms * 1e6))
+    span("judging", root.span_id, "EVALUATOR", (judged, end_ns),
          inputs={"judge": judge_model}, outputs=metrics,
-         attributes={"judge.model": judge_model, "metrics": len(metrics)})
+         attributes={"judge.model": judge_model, "metrics": len(metrics),
+                     "duration_ms": result.score_ms})
     scored = result.status is CaseStatus.SCORED
     client.end_trace(trace_id,
                      outputs={"answer": response.answer if response else None,

@@ -107,4 +107,13 @@ def _response(completion: Any, latency_ms: float) -> SutResponse:
         completion_tokens=usage.completion_tokens if usage else 0,
         latency_ms=latency_ms,
         model=completion.model or "",
+        timings_ms=_timings(extra.get("timings_ms")),
     )
+
+
+def _timings(raw: Any) -> dict[str, float]:
+    """The endpoint's stage timings, if it reports them as a map of numbers."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): float(v) for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}

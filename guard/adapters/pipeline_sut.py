@@ -44,6 +44,7 @@ class PipelineSystem:
             completion_tokens=answer.usage.completion_tokens,
             latency_ms=answer.latency_ms,
             model=answer.model,
+            timings_ms=dict(answer.timings_ms),
         )
 
     async def aclose(self) -> None:

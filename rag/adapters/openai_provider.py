@@ -210,6 +210,7 @@ class OpenAICompatibleProvider:
             usage=reply.usage or _estimated_usage(self.system_prompt, messages, contexts, reply),
             latency_ms=(time.perf_counter() - started) * 1000,
             model=reply.model,
+            first_token_ms=reply.ttft_ms,
         )
 
 

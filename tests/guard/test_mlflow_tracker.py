@@ -185,6 +185,21 @@ def test_traces_have_retrieval_fusion_generation_and_judging_spans(
             assert usage["input_tokens"] == result.response.prompt_tokens
             judging = next(s for s in trace.data.spans if s.name == "judging")
             assert judging.outputs["retrieval.MRR"] == result.metrics["retrieval.MRR"]
+            # Stage spans last as long as the pipeline measured; judging as long as scoring.
+            spans = {s.name: s for s in trace.data.spans}
+            timings = result.response.timings_ms
+            stages = {"retrieval.lexical": "lexical", "generation": "generation"}
+            if variant == "hybrid":
+                stages |= {"retrieval.dense": "dense", "fusion": "fusion",
+                           "embedding": "embedding"}
+            for name, stage in stages.items():
+                assert _ms(spans[name]) == pytest.approx(timings[stage], abs=0.01), name
+            assert timings["generation"] > 0
+            assert _ms(spans["judging"]) == pytest.approx(result.score_ms, abs=0.01)
+
+
+def _ms(span: mlflow.entities.Span) -> float:
+    return float(span.end_time_ns - span.start_time_ns) / 1e6
 
 
 def test_reports_manifest_and_archive(logged: Logged, client: MlflowClient) -> None:

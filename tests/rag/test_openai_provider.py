@@ -194,6 +194,8 @@ async def test_streaming_joins_content_and_tool_call_deltas(fake: tuple[FakeOpen
         ("book_room", {"room": "Borealis"}),
     ]
     assert (generation.usage.prompt_tokens, generation.usage.completion_tokens) == (50, 9)
+    assert generation.first_token_ms is not None
+    assert 0 < generation.first_token_ms <= generation.latency_ms
     request = server.requests[0]
     assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
 

@@ -80,6 +80,11 @@ async def test_chat_returns_the_answer_and_only_its_tenants_contexts(
     arm_ids = extra["arms"]["dense"] + extra["arms"]["lexical"]
     assert all(i.startswith("hr-") for i in arm_ids + [c["chunk_id"] for c in contexts])
     assert extra["retrieval_latency_ms"] >= 0
+    timings = extra["timings_ms"]
+    assert set(timings) == {"embedding", "dense", "lexical", "fusion", "generation"}
+    assert all(ms >= 0 for ms in timings.values())
+    assert max(timings["embedding"] + timings["dense"], timings["lexical"]) <= (
+        extra["retrieval_latency_ms"] + 0.01)
 
 
 async def test_the_other_tenant_sees_only_its_own_documents(client: openai.AsyncOpenAI) -> None:

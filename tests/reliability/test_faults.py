@@ -279,6 +279,9 @@ def test_faults_in_front_of_rag_serve_change_no_score(
         assert faulty[case.id].status is CaseStatus.SCORED
         assert comparable(faulty[case.id]) == comparable(clean[case.id]), case.id
     assert all(r.response is not None and r.response.contexts for r in clean.values())
+    # rag serve's stage timings reach the journal through the openai adapter.
+    assert all(r.response is not None and "generation" in r.response.timings_ms
+               for r in clean.values())
 
 
 def test_retries_run_out_as_an_explicit_error(tmp_path: Path,
