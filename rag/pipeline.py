@@ -196,9 +196,11 @@ class RagPipeline:
         messages: Sequence[ChatMessage],
         tools: Sequence[dict[str, Any]] = (),
         settings: RetrievalSettings | None = None,
+        max_tokens: int | None = None,
         **overrides: Any,
     ) -> Answer:
-        """Retrieve for the latest turn, then let the tenant's provider answer from the hits."""
+        """Retrieve for the latest turn, then let the tenant's provider answer from the hits,
+        in at most `max_tokens` (capped by the tenant's own answer limit)."""
         runtime = self.runtime(tenant)
         started = time.perf_counter()
         retrieval = await self.retrieve(tenant, messages, settings, **overrides)
@@ -206,7 +208,7 @@ class RagPipeline:
             messages,
             contexts=retrieval.hits[: runtime.max_context_chunks],
             tools=tools,
-            max_tokens=runtime.max_answer_tokens,
+            max_tokens=_smallest(max_tokens, runtime.max_answer_tokens),
         )
         return Answer(
             text=generation.text,
@@ -238,3 +240,9 @@ async def _timed(timings: dict[str, float], stage: str, step: Awaitable[T]) -> T
     result = await step
     timings[stage] = (time.perf_counter() - started) * 1000
     return result
+
+
+def _smallest(*caps: int | None) -> int | None:
+    """The tightest of the given limits; None when there is none."""
+    present = [cap for cap in caps if cap is not None]
+    return min(present) if present else None

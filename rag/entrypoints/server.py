@@ -7,7 +7,8 @@ Endpoints
 `POST /v1/chat/completions`
     OpenAI's request body: `model`, `messages` (text content only), `tools`, `tool_choice`
     ("none" drops the tools, a named function keeps only that one, "required" is best effort),
-    `stream`, `stream_options.include_usage`. `temperature`, `max_tokens` and other sampling
+    `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens` (a cap
+    under the tenant's own answer limit, never above it). `temperature` and other sampling
     fields are accepted and ignored: each tenant's provider settings decide. One extra body
     field, `retrieval`, overrides the tenant's retrieval settings for this request:
     `{"mode": "dense" | "lexical" | "hybrid", "k": 5, "fusion": "rrf" | "weighted",
@@ -147,6 +148,8 @@ class ChatCompletionRequest(_Body):
     stream: bool = False
     stream_options: _StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     retrieval: RetrievalOverrides | None = None
 
 
@@ -474,7 +477,9 @@ class _Api:
         tenant = self.tenant_of(body.model)
         overrides = body.retrieval.model_dump(exclude_none=True) if body.retrieval else {}
         answer = await self.pipeline.answer(
-            tenant, _messages(body.messages), tools=_tools(body), **overrides
+            tenant, _messages(body.messages), tools=_tools(body),
+            # OpenAI's newer name wins, as in OpenAI's own API.
+            max_tokens=body.max_completion_tokens or body.max_tokens, **overrides
         )
         completion = _Completion.of(answer, body.model, tenant)
         if not body.stream:

@@ -87,6 +87,23 @@ async def test_chat_returns_the_answer_and_only_its_tenants_contexts(
         extra["retrieval_latency_ms"] + 0.01)
 
 
+async def test_max_tokens_caps_the_answer_below_the_tenant_limit(
+    client: openai.AsyncOpenAI,
+) -> None:
+    question = user("How long does parental leave last?")
+    full = await client.chat.completions.create(model="rag-hr", messages=question)
+    capped = await client.chat.completions.create(model="rag-hr", messages=question,
+                                                  max_tokens=3)
+    newer = await client.chat.completions.create(model="rag-hr", messages=question,
+                                                 max_tokens=50, max_completion_tokens=2)
+    assert len((full.choices[0].message.content or "").split()) > 3
+    assert (capped.choices[0].message.content or "").split() == (
+        full.choices[0].message.content or "").split()[:3]
+    assert len((newer.choices[0].message.content or "").split()) == 2
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model="rag-hr", messages=question, max_tokens=0)
+
+
 async def test_the_other_tenant_sees_only_its_own_documents(client: openai.AsyncOpenAI) -> None:
     completion = await client.chat.completions.create(
         model="rag-it",
