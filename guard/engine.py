@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -40,7 +41,9 @@ from guard.journal import CASE_FINISHED, Journal, read_events
 from guard.limits import RateLimiter, RetryPolicy
 from guard.ports import SystemUnderTest
 from guard.scoring import Judge, Scores, score_case
-from rag.errors import RetryableProviderError, TruthGuardError
+from rag.errors import RetryableProviderError, StorageError, TruthGuardError
+
+logger = logging.getLogger("guard.engine")
 
 Listener = Callable[[Event], None]
 T = TypeVar("T")
@@ -251,6 +254,7 @@ class RunEngine:
         self._cancelled = False
         self._workers: set[asyncio.Task[None]] = set()
         self._publisher: _Publisher | None = None
+        self._cache_warned = False
 
     @property
     def run_id(self) -> str:
@@ -358,11 +362,24 @@ class RunEngine:
                 if answer.response is None:
                     answer.response = await self._ask(variant, case, limiter, progress,
                                                       answer.tally)
-                    if self.cache:
-                        await self.cache.put(key, answer.response)
+                    await self._remember(key, answer.response)
         except Exception as exc:
             answer.status, answer.error = _failure(exc, variant.settings.timeout_s)
         return answer
+
+    async def _remember(self, key: str, response: SutResponse) -> None:
+        """Cache a response. A cache that cannot be written (a full disk, say) costs the next
+        run its savings, not this run its results: warned once, the run goes on; the journal
+        decides whether the run can continue."""
+        if self.cache is None:
+            return
+        try:
+            await self.cache.put(key, response)
+        except StorageError as exc:
+            if not self._cache_warned:
+                self._cache_warned = True
+                logger.warning("the response cache is not being written; the run goes on "
+                               "without it: %s", exc)
 
     async def _finish(
         self, variant: Variant, answer: _Answer, progress: _Progress, slot: asyncio.Semaphore,

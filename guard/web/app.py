@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -208,13 +210,17 @@ class FeedHub:
 
 @dataclass
 class _Active:
+    finished: asyncio.Event  # set on the server's loop once the run's thread is done
     engine: RunEngine | None = None
-    task: asyncio.Task[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # the run's own loop
+    task: asyncio.Task[None] | None = None  # the run, in its own loop
     cancel_requested: bool = False
 
 
 class Runner:
-    """Runs this server started: tasks in its event loop, cancellable while they run."""
+    """Runs this server started, each in a thread with its own event loop, so that the run's
+    work between awaits (scoring, journaling, the final summary) never holds up a request;
+    cancellable while they run."""
 
     def __init__(self, service: GuardService, cancel_grace_s: float) -> None:
         self.service = service
@@ -223,12 +229,22 @@ class Runner:
         self._started: set[str] = set()
 
     def start(self, run_id: str) -> None:
-        entry = _Active()
+        server_loop = asyncio.get_running_loop()
+        entry = _Active(asyncio.Event())
         self._active[run_id] = entry
         self._started.add(run_id)
-        entry.task = asyncio.create_task(self._execute(run_id, entry), name=f"run {run_id}")
+
+        def main() -> None:
+            try:
+                asyncio.run(self._execute(run_id, entry))
+            finally:
+                server_loop.call_soon_threadsafe(self._ended, run_id, entry)
+
+        threading.Thread(target=main, name=f"run {run_id}", daemon=True).start()
 
     async def _execute(self, run_id: str, entry: _Active) -> None:
+        entry.loop, entry.task = asyncio.get_running_loop(), asyncio.current_task()
+
         def ready(engine: RunEngine) -> None:
             entry.engine = engine
             if entry.cancel_requested:
@@ -243,11 +259,12 @@ class Runner:
         except asyncio.CancelledError:
             logger.warning("run stopped before it ended; resume with guard run --resume",
                            extra={"run_id": run_id})
-            raise
         except Exception:  # the server outlives a failing run; the journal keeps what ended
             logger.exception("run failed", extra={"run_id": run_id})
-        finally:
-            self._active.pop(run_id, None)
+
+    def _ended(self, run_id: str, entry: _Active) -> None:
+        self._active.pop(run_id, None)
+        entry.finished.set()
 
     def started_here(self, run_id: str) -> bool:
         return run_id in self._started
@@ -263,28 +280,36 @@ class Runner:
         entry = self._active.get(run_id)
         if entry is None:
             return False
-        entry.cancel_requested = True
-        if entry.engine is not None:
-            entry.engine.cancel()
+        entry.cancel_requested = True  # before the loop check: `ready` reads it otherwise
+        self._in_run(entry, lambda: entry.engine.cancel() if entry.engine else None)
         # Cases in flight may still finish; past the grace period the task stops for good and
         # the run is left interrupted (resumable), with every finished case journaled.
         asyncio.get_running_loop().call_later(self._grace, self._force_stop, entry)
         return True
 
+    def _force_stop(self, entry: _Active) -> None:
+        self._in_run(entry, lambda: entry.task.cancel() if entry.task else None)
+
     @staticmethod
-    def _force_stop(entry: _Active) -> None:
-        if entry.task is not None and not entry.task.done():
-            entry.task.cancel()
+    def _in_run(entry: _Active, action: Callable[[], object]) -> None:
+        """Call `action` on the run's own loop, if it still runs."""
+        if entry.loop is not None and not entry.finished.is_set():
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                entry.loop.call_soon_threadsafe(action)
 
     async def aclose(self) -> None:
-        tasks = [e.task for e in self._active.values() if e.task is not None]
+        entries = list(self._active.values())
         for run_id in list(self._active):
             self.cancel(run_id)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self._grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        waits = [asyncio.create_task(e.finished.wait()) for e in entries]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self._grace)
+            for entry in entries:
+                self._force_stop(entry)
+            if pending:
+                await asyncio.wait(pending, timeout=self._grace)
+            for wait in waits:
+                wait.cancel()
 
 
 # reading runs -------------------------------------------------------------------------------

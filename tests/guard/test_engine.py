@@ -260,6 +260,25 @@ def test_a_second_run_is_served_from_the_cache_with_identical_metrics(tmp_path: 
     assert not any(r.cached for r in first.results)
 
 
+def test_a_cache_that_cannot_be_written_costs_savings_not_results(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    class FullCache(ResponseCache):
+        async def put(self, key: str, response: SutResponse) -> None:
+            raise StorageError("cannot write response cache: database or disk is full")
+
+    cache = FullCache(tmp_path / "cache.sqlite")
+    variant = Variant("v", ScriptedSystem(), settings())
+    with caplog.at_level("WARNING", logger="guard.engine"):
+        outcome = asyncio.run(run_engine(tmp_path / "j.jsonl", make_cases(6), [variant],
+                                         cache=cache))
+    cache.close()
+
+    assert [r.status for r in outcome.results] == [CaseStatus.SCORED] * 6
+    warnings = [r for r in caplog.records if "response cache" in r.getMessage()]
+    assert len(warnings) == 1 and "disk is full" in warnings[0].getMessage()
+
+
 def test_repeat_asks_every_case_n_times_under_distinct_cache_keys(tmp_path: Path) -> None:
     cases = make_cases(4)
     cache = ResponseCache(tmp_path / "cache.sqlite")
