@@ -93,6 +93,8 @@ def _stat_key(path: Path) -> tuple[int, int]:
 
 
 class RunReader:
+    """Everything the dashboard's API reads about runs (see the module docstring)."""
+
     def __init__(self, service: GuardService, live_refresh_s: float = 1.0) -> None:
         self.service = service
         self.store: RunStore = service.store
