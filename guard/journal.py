@@ -108,6 +108,21 @@ class ResultTail:
             return list(self._results)
 
 
+def _lock_exclusively(handle: IO[bytes], patience_s: float = 1.0) -> bool:
+    """Take the writer lock. A reader asking whether the journal is being written holds a
+    shared lock for a few microseconds, so a refusal is retried for `patience_s` before it
+    means that another writer has the journal."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
 class Journal:
     """The writer side. Open with `Journal.open(path)`; close with `close()`."""
 
@@ -127,11 +142,9 @@ class Journal:
             handle = path.open("ab", buffering=0)
         except OSError as exc:
             raise StorageError(f"cannot open journal {path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_exclusively(handle):
             handle.close()
-            raise StorageError(f"run journal {path} is being written by another process") from None
+            raise StorageError(f"run journal {path} is being written by another process")
         last_id = 0
         for event in read_events(path):
             last_id = event.id

@@ -108,8 +108,13 @@ def _guard(data: Path, *args: str) -> int:
     return guard_main(["--data-dir", str(data), *args])
 
 
-def _newest(data: Path) -> str:
-    return RunStore(data / "runs").run_ids()[0]
+def _run(data: Path, *args: str) -> str:
+    """`guard run` that must pass; the id of the run it made. (Ids sort by second, then at
+    random: two runs in one second cannot be told apart by sorting.)"""
+    before = set(RunStore(data / "runs").run_ids())
+    assert _guard(data, "run", *args) == 0
+    [made] = set(RunStore(data / "runs").run_ids()) - before
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +131,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, hook: Hook) -> Iterator[Runs]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert _guard(data, "run", str(healthy), "--tag", "baseline") == 0
-        baseline = _newest(data)
-        assert _guard(data, "run", str(degraded), "--tag", "nightly") == 0  # floors still pass
-        bad = _newest(data)
-        assert _guard(data, "run", str(healthy), "--tag", "nightly", "--no-cache") == 0
-        yield Runs(folder, data, baseline, bad, _newest(data))
+        baseline = _run(data, str(healthy), "--tag", "baseline")
+        bad = _run(data, str(degraded), "--tag", "nightly")  # floors still pass
+        rerun = _run(data, str(healthy), "--tag", "nightly", "--no-cache")
+        yield Runs(folder, data, baseline, bad, rerun)
 
 
 @needs_data
@@ -249,10 +252,8 @@ def test_full_scifact_hybrid_k1_fails_and_k10_rerun_passes(
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert _guard(data, "run", str(healthy), "--tag", "baseline") == 0
-        assert _guard(data, "run", str(degraded)) == 0
-        assert _guard(data, "gate", _newest(data), "--no-webhook") == 1
-        assert _guard(data, "run", str(healthy), "--no-cache") == 0
-        assert _guard(data, "gate", _newest(data)) == 0
+        _run(data, str(healthy), "--tag", "baseline")
+        assert _guard(data, "gate", _run(data, str(degraded)), "--no-webhook") == 1
+        assert _guard(data, "gate", _run(data, str(healthy), "--no-cache")) == 0
     out = capsys.readouterr().out
     assert "over 300 shared cases" in out

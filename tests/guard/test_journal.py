@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from fakes import tmpfs
 
 from guard.journal import CASE_FINISHED, Journal, read_events, repair
+from guard.runs import is_being_written
 from rag.errors import StorageError
 
 RUN = "20260101-000000-abcdef"
@@ -90,6 +92,29 @@ def test_a_second_writer_in_the_same_process_gets_a_storage_error(tmp_path: Path
     finally:
         first.close()
     Journal.open(path, RUN).close()  # free again once the first writer closed
+
+
+def test_readers_probing_the_writer_lock_never_keep_a_writer_out(tmp_path: Path) -> None:
+    """A dashboard asks `is_being_written` all the time; a run starting meanwhile must get the
+    journal (the probe's shared lock lasts microseconds)."""
+    path = tmp_path / "journal.jsonl"
+    path.touch()
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            is_being_written(path)
+
+    probes = [threading.Thread(target=probe) for _ in range(2)]
+    for thread in probes:
+        thread.start()
+    try:
+        for _ in range(200):
+            Journal.open(path, RUN).close()
+    finally:
+        stop.set()
+        for thread in probes:
+            thread.join()
 
 
 @pytest.mark.integration
