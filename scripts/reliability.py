@@ -648,20 +648,7 @@ def tenant_leaks(report: Report, work: Path, examples: int, fast: bool) -> None:
         _fuzz(fuzzed, "queries", st.text(min_size=1, max_size=40), everything.append,
               examples, fast)
 
-    async def pipeline_sweep() -> None:
-        pipeline = fx.build_tenant_pipeline(data)
-        for query in everything:
-            for tenant in fx.TENANTS:
-                for mode in leaks.MODES:
-                    try:
-                        result = await pipeline.retrieve(tenant, query, mode=mode, k=10)
-                    except InputError:
-                        continue
-                    meter.add(tenant, [h.doc_id for h in result.hits])
-                    for hits in result.arms.values():
-                        meter.add(tenant, [h.doc_id for h in hits])
-
-    asyncio.run(pipeline_sweep())
+    asyncio.run(leaks.retrieve_everywhere(fx.build_tenant_pipeline(data), everything, meter))
     pipeline_seen = meter.seen
     import httpx
 

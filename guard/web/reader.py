@@ -47,32 +47,50 @@ class RunTail:
     def look(self) -> tuple[JournalState, list[CaseResult]]:
         """The state and results as of now (copies: the caller may keep them)."""
         with self._lock:
-            rows, self._offset = read_new_lines(self.path, self._offset)
-            for row in rows:
-                self._state.add(row["id"], row["type"], row["data"])
-                if row["type"] == CASE_FINISHED:
-                    self._results.append(CaseResult.from_dict(row["data"]))
+            self._read()
             return replace(self._state), list(self._results)
+
+    def state(self) -> JournalState:
+        """The state as of now, without copying the results."""
+        with self._lock:
+            self._read()
+            return replace(self._state)
+
+    def _read(self) -> None:
+        rows, self._offset = read_new_lines(self.path, self._offset)
+        for row in rows:
+            self._state.add(row["id"], row["type"], row["data"])
+            if row["type"] == CASE_FINISHED:
+                self._results.append(CaseResult.from_dict(row["data"]))
 
 
 class _Lru:
-    """A small least-recently-used map; `get_or_make` builds a missing value."""
+    """A small least-recently-used map. Thread-safe."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+    def get(self, key: Any) -> Any:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Any, value: Any) -> None:
         with self._lock:
             self._items[key] = value
+            self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+    def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.put(key, value)
         return value
 
 
@@ -103,7 +121,7 @@ class RunReader:
         self._infos = _Lru(512)
         self._summaries = _Lru(16)
         self._live: dict[str, _LiveSummary] = {}
-        self._derived: OrderedDict[tuple[str, Hashable], tuple[Any, int, float]] = OrderedDict()
+        self._derived = _Lru(64)  # (run id, key) -> (value, journal's last event id, made at)
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(1, thread_name_prefix="live-summary")
 
@@ -128,8 +146,7 @@ class RunReader:
         keeping its cases (a listing touches every run)."""
         journal = self.store.journal_path(run_id)
         if is_being_written(journal):
-            state, _ = self._tail(run_id).look()
-            return self.store.info(run_id, state)
+            return self.store.info(run_id, self._tail(run_id).state())
         key = (run_id, *_stat_key(journal))
         info: RunInfo = self._infos.get_or_make(key, lambda: self.store.info(run_id))
         return info
@@ -148,23 +165,19 @@ class RunReader:
         much; once the run has finished, a page is always up to date."""
         state, results = self._tail(run_id).look()
         now = time.monotonic()
-        with self._lock:
-            cached = self._derived.get((run_id, key))
+        cached = self._derived.get((run_id, key))
         if cached is not None:
             value, version, made_at = cached
             live = state.ended is None
             if version == state.last_id or (live and now - made_at < self.live_refresh_s):
                 return cast(T, value)
         value = make(results)
-        with self._lock:
-            self._derived[(run_id, key)] = (value, state.last_id, now)
-            while len(self._derived) > 64:
-                self._derived.popitem(last=False)
+        self._derived.put((run_id, key), (value, state.last_id, now))
         return value
 
     def summary(self, run_id: str) -> dict[str, Any]:
         journal = self.store.journal_path(run_id)
-        if is_being_written(journal) and self._tail(run_id).look()[0].ended is None:
+        if is_being_written(journal) and self._tail(run_id).state().ended is None:
             return self._live_summary(run_id)
         with self._lock:
             self._live.pop(run_id, None)
@@ -202,7 +215,7 @@ class RunReader:
         return value
 
     def _summary(self, run_id: str) -> dict[str, Any]:
-        state, _ = self._tail(run_id).look()  # before the outcome: never ahead of its cases
+        state = self._tail(run_id).state()  # before the outcome: never ahead of its cases
         outcome = self.service.outcome(run_id)
         return {
             "confidence": outcome.spec.confidence,

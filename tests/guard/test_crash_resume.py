@@ -15,10 +15,8 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from loopback import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -74,22 +72,8 @@ async def respond(request: Request) -> JSONResponse:
 def fake_url() -> Iterator[str]:
     """The fake system on a free loopback port, for the whole module."""
     app = Starlette(routes=[Route("/answer/{variant}", respond, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with serve_in_thread(app, lifespan="off") as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- spec and runs

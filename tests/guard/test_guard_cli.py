@@ -9,32 +9,16 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
-from demo_spec import demo_rag_tables
+from demo_spec import demo_matrix_spec
 
 from guard.entrypoints.cli import main as guard_main
 
 pytestmark = pytest.mark.integration
-DEMO = Path(__file__).resolve().parents[2] / "datasets" / "demo"
 
 
 def _spec(tmp_path: Path, gates: str = "", extra: str = "") -> Path:
-    spec = tmp_path / "spec.toml"
-    spec.write_text(f"""
-name = "mini"
-dataset = "{DEMO / 'golden.jsonl'}"
-limit = 12
-{extra}
-{demo_rag_tables(tmp_path / 'index')}[run]
-concurrency = 3
-ks = [1, 5]
-[[variants]]
-name = "{{mode}}"
-k = 5
-matrix = {{ mode = ["lexical", "hybrid"] }}
-[gates]
-{gates}
-""")
-    return spec
+    return demo_matrix_spec(tmp_path, "mini", header=f"limit = 12\n{extra}", concurrency=3,
+                            gates=gates)
 
 
 def _run(tmp_path: Path, *args: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from demo_spec import demo_rag_tables
+from demo_spec import DEMO, demo_matrix_spec
 from mlflow import MlflowClient
 
 from guard.adapters.mlflow_tracker import MLflowRunTracker, default_tracking_uri, metric_key
@@ -23,7 +23,6 @@ from guard.runs import RunStore
 from guard.service import GuardService, RunOutcome
 
 pytestmark = pytest.mark.integration
-DEMO = Path(__file__).resolve().parents[2] / "datasets" / "demo"
 CASES = 20
 
 
@@ -38,25 +37,14 @@ class Logged:
 
 
 def _spec(folder: Path) -> Path:
-    spec = folder / "spec.toml"
-    spec.write_text(f"""
-name = "tracker-demo"
-description = "demo, hashing embedder"
-dataset = "{DEMO / 'golden.jsonl'}"
-tools_file = "{DEMO / 'tools.json'}"
-limit = {CASES}
-webhook_url = "http://127.0.0.1:9/secret-hook-token"
-{demo_rag_tables(folder / 'index')}[run]
-concurrency = 4
-ks = [1, 5]
-[[variants]]
-name = "{{mode}}"
-k = 5
-matrix = {{ mode = ["lexical", "hybrid"] }}
-[gates]
-"retrieval.hit@5" = {{ min = 0.5 }}
-""")
-    return spec
+    header = "\n".join([
+        'description = "demo, hashing embedder"',
+        f'tools_file = "{DEMO / "tools.json"}"',
+        f"limit = {CASES}",
+        'webhook_url = "http://127.0.0.1:9/secret-hook-token"',
+    ])
+    return demo_matrix_spec(folder, "tracker-demo", header=header,
+                            gates='"retrieval.hit@5" = { min = 0.5 }')
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import base64
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from demo_spec import demo_rag_tables
+from demo_spec import DEMO, demo_matrix_spec
 
 from guard.bootstrap import rag_config_for
 from guard.entrypoints.cli import main as guard_main
@@ -19,7 +18,6 @@ from guard.runs import RunStore
 from guard.service import GuardService, RunOutcome, load_spec_dataset
 
 pytestmark = pytest.mark.integration
-DEMO = Path(__file__).resolve().parents[2] / "datasets" / "demo"
 
 
 @dataclass
@@ -32,22 +30,9 @@ class Rendered:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rendered]:
     folder = tmp_path_factory.mktemp("report")
-    spec = folder / "spec.toml"
-    spec.write_text(f"""
-name = "report-demo"
-dataset = "{DEMO / 'golden.jsonl'}"
-tools_file = "{DEMO / 'tools.json'}"
-{demo_rag_tables(folder / 'index')}[run]
-concurrency = 4
-ks = [1, 5]
-[[variants]]
-name = "{{mode}}"
-k = 5
-matrix = {{ mode = ["lexical", "hybrid"] }}
-[gates]
-"retrieval.hit@5" = {{ min = 0.5 }}
-"abstention.hallucinated" = {{ max = 0.01 }}
-""")
+    spec = demo_matrix_spec(folder, "report-demo", header=f'tools_file = "{DEMO / "tools.json"}"',
+                            gates='"retrieval.hit@5" = { min = 0.5 }\n'
+                                  '"abstention.hallucinated" = { max = 0.01 }')
     data = folder / "data"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
